@@ -1,0 +1,30 @@
+"""Command line: ``python -m rlhf_loop worker`` runs the background worker in this terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rlhf_loop.config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_loop")
+    commands = parser.add_subparsers(dest="command", required=True)
+    worker = commands.add_parser("worker", help="keep the ranking queue full (and train, later)")
+    worker.add_argument(
+        "--idle-exit", type=float, default=None, help="exit after this many idle seconds"
+    )
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    from rlhf_loop.worker import run_worker
+
+    return run_worker(settings, idle_exit_s=args.idle_exit)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

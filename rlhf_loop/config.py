@@ -1,0 +1,157 @@
+"""Settings: one TOML file with documented defaults, each overridable by an environment variable.
+
+Why both: the file is what an operator edits and reviews; environment variables are what tests,
+CI and a GPU box's launcher can set without touching the file. Precedence, lowest first:
+the defaults below, then the TOML file, then ``RLHF_LOOP_<KEY>`` variables.
+
+The file is ``rlhf_loop.toml`` in the working directory, or the path in ``RLHF_LOOP_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "RLHF_LOOP_"
+CONFIG_ENV = "RLHF_LOOP_CONFIG"
+DEFAULT_CONFIG_FILE = "rlhf_loop.toml"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the loop cannot run with; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the loop. Defaults run the embedded demo on a laptop CPU."""
+
+    # Where the SQLite file and model artefacts live; relative paths are resolved from the cwd.
+    data_dir: str = "rlhf_data"
+    # SQLite file; empty means <data_dir>/rlhf.db.
+    db_path: str = ""
+    # Policy model: "demo" (built locally on first use) or any Hugging Face causal-LM id or path.
+    model: str = "demo"
+    # Cache for the locally built demo model, shared by every data_dir on this machine.
+    model_cache_dir: str = "~/.cache/rlhf-loop"
+    # Optimiser steps of the demo model's brief pre-training (more: more fluent, slower 1st start).
+    demo_pretrain_steps: int = 500
+    # "auto" picks CUDA when available, else CPU; or name a torch device ("cpu", "cuda:1").
+    device: str = "auto"
+    # Responses per ranking task (2..9: one digit key per response).
+    k: int = 4
+    # Sampling parameters recorded with every generation.
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 48
+    # Prompts per generate() call; each yields k sequences.
+    sample_batch_prompts: int = 8
+    # Ranking tasks kept ready ahead of the annotators.
+    queue_depth: int = 24
+    # Annotators who rank each task (more than 1 lets agreement be measured).
+    overlap: int = 1
+    # A task served but not submitted goes back to the pool after this many seconds.
+    assignment_timeout_s: int = 1800
+    # Longest prompt accepted at import, in characters.
+    max_prompt_chars: int = 20000
+    # Seed the prompt table with generated demo prompts when it is empty.
+    seed_demo_prompts: bool = True
+    # Let the app start a background worker when none holds the lease.
+    auto_start_worker: bool = True
+    # Seconds after the last heartbeat at which a worker's lease counts as dead.
+    lease_timeout_s: float = 30.0
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def resolved_db_path(self) -> Path:
+        if self.db_path:
+            return Path(self.db_path).expanduser().resolve()
+        return self.resolved_data_dir / "rlhf.db"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.resolved_data_dir / "runs"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return Path(self.model_cache_dir).expanduser().resolve()
+
+    def validate(self) -> Settings:
+        checks = [
+            (2 <= self.k <= 9, "k must be between 2 and 9"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
+            (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (self.sample_batch_prompts >= 1, "sample_batch_prompts must be >= 1"),
+            (self.queue_depth >= 1, "queue_depth must be >= 1"),
+            (self.overlap >= 1, "overlap must be >= 1"),
+            (self.assignment_timeout_s >= 1, "assignment_timeout_s must be >= 1"),
+            (self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1"),
+            (self.demo_pretrain_steps >= 0, "demo_pretrain_steps must be >= 0"),
+            (self.lease_timeout_s > 0, "lease_timeout_s must be > 0"),
+            (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes).validate()
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    """Turn a TOML or environment value into the field's type, naming the setting on failure."""
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if kind is int and isinstance(raw, float):
+            raise ValueError(raw)
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name!r}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the TOML file (if present), then ``RLHF_LOOP_*`` variables."""
+    environ = os.environ if environ is None else environ
+    types = {f.name: type(f.default) for f in fields(Settings)}
+    values: dict[str, Any] = {}
+
+    explicit = config_file or environ.get(CONFIG_ENV)
+    path = Path(explicit or DEFAULT_CONFIG_FILE).expanduser()
+    if path.is_file():
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        unknown = sorted(set(table) - set(types))
+        if unknown:
+            raise ConfigError(f"{path}: unknown settings {', '.join(unknown)}")
+        values.update({k: _coerce(k, v, types[k]) for k, v in table.items()})
+    elif explicit:
+        raise ConfigError(f"config file {path} does not exist")
+
+    for name, kind in types.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw, kind)
+    return Settings(**values).validate()

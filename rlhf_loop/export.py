@@ -1,0 +1,68 @@
+"""Exports of the rankings as JSONL: full rankings with ties, and strict pairs for TRL.
+
+The pairs file has exactly TRL's explicit-prompt preference columns (prompt, chosen, rejected),
+so ``load_dataset("json", data_files=...)`` feeds ``trl.RewardTrainer`` as it is. Ties yield no
+pair there (TRL has no tie), flagged and retracted answers are left out of both files.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlite_utils
+
+from rlhf_loop.ranking import strict_pairs
+
+_LIVE_RANKINGS = """
+    SELECT r.id, r.comparison_id, r.ranks, r.seconds, r.created_at, a.name AS annotator,
+           c.generation_ids, c.policy_version, p.text AS prompt, p.label
+    FROM rankings r
+    JOIN annotators a ON a.id = r.annotator_id
+    JOIN comparisons c ON c.id = r.comparison_id
+    JOIN prompts p ON p.id = c.prompt_id
+    WHERE r.retracted_at IS NULL AND r.status = 'ranked'
+    ORDER BY r.id
+"""
+
+
+def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
+    """One record per live ranking: the prompt, each response with its rank, who and how long."""
+    for row in db.query(_LIVE_RANKINGS):
+        ids = json.loads(row["generation_ids"])
+        texts = {
+            g["id"]: g["text"]
+            for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
+        }
+        ranks = json.loads(row["ranks"])
+        yield {
+            "ranking_id": row["id"],
+            "comparison_id": row["comparison_id"],
+            "prompt": row["prompt"],
+            "prompt_label": row["label"],
+            "policy_version": row["policy_version"],
+            "annotator": row["annotator"],
+            "seconds": round(row["seconds"], 3),
+            "created_at": row["created_at"],
+            "responses": [
+                {"generation_id": g, "text": texts[g], "rank": r}
+                for g, r in zip(ids, ranks, strict=True)
+            ],
+        }
+
+
+def pair_records(rankings: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]:
+    """Every strictly ordered pair of each ranking, in TRL's preference format."""
+    for record in rankings:
+        responses = record["responses"]
+        for better, worse in strict_pairs([r["rank"] for r in responses]):
+            yield {
+                "prompt": record["prompt"],
+                "chosen": responses[better]["text"],
+                "rejected": responses[worse]["text"],
+            }
+
+
+def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

@@ -1,0 +1,98 @@
+"""Sampling K responses per prompt from the policy, in batches, with the parameters recorded.
+
+Left padding and one ``generate`` call per batch of prompts with ``num_return_sequences=K``:
+the prompt is encoded once per prompt, and the batch keeps the per-token Python overhead,
+which dominates small models on a CPU, shared across B*K sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_loop.config import Settings
+from rlhf_loop.model.prompting import format_prompt
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    k: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_new_tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        return cls(
+            settings.k,
+            settings.temperature,
+            settings.top_p,
+            settings.top_k,
+            settings.max_new_tokens,
+        )
+
+    def record(self, model_name: str) -> dict[str, object]:
+        """What is stored with each generation, so a response can be reproduced in kind."""
+        return {**asdict(self), "model": model_name}
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    token_count: int
+    finished: bool  # ended with the end-of-sequence token rather than the length limit
+
+
+def _prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
+    """Prompt tokens that fit beside the response in the model's context, if it has a limit."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(
+        model.config, "n_positions", None
+    )
+    return None if limit is None else max(1, limit - max_new_tokens)
+
+
+@torch.inference_mode()
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    params: SamplingParams,
+) -> list[list[Sample]]:
+    """K samples for each prompt; over-long prompts keep their end (where the question is)."""
+    if not prompts:
+        return []
+    budget = _prompt_budget(model, params.max_new_tokens)
+    tokenizer.truncation_side = "left"
+    batch = tokenizer(
+        [format_prompt(tokenizer, p) for p in prompts],
+        return_tensors="pt",
+        padding=True,
+        truncation=budget is not None,
+        max_length=budget,
+        add_special_tokens=False,
+    ).to(model.device)
+    output = model.generate(
+        **batch,
+        do_sample=True,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        top_k=params.top_k,
+        max_new_tokens=params.max_new_tokens,
+        num_return_sequences=params.k,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
+    samples = [_to_sample(tokens, tokenizer) for tokens in new_tokens]
+    return [samples[i * params.k : (i + 1) * params.k] for i in range(len(prompts))]
+
+
+def _to_sample(tokens: list[int], tokenizer: PreTrainedTokenizerBase) -> Sample:
+    eos = tokenizer.eos_token_id
+    finished = eos in tokens
+    kept = tokens[: tokens.index(eos) + 1] if finished else tokens
+    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
+    return Sample(text=text, token_count=len(kept), finished=finished)

@@ -1,0 +1,40 @@
+"""Annotator identities: every ranking names who gave it."""
+
+from __future__ import annotations
+
+import unicodedata
+
+import sqlite_utils
+
+from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.events import log_event
+
+MAX_NAME_CHARS = 64
+
+
+class AnnotatorNameError(ValueError):
+    """The name cannot identify an annotator; the message says why."""
+
+
+def clean_name(name: str) -> str:
+    """Names are shown in tables and exports: printable, trimmed, not too long."""
+    name = unicodedata.normalize("NFC", name).strip()
+    if not name:
+        raise AnnotatorNameError("enter a name to start ranking")
+    if len(name) > MAX_NAME_CHARS:
+        raise AnnotatorNameError(f"a name has at most {MAX_NAME_CHARS} characters")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise AnnotatorNameError("a name cannot contain control characters")
+    return name
+
+
+def annotator_id(db: sqlite_utils.Database, name: str, role: str = "annotator") -> int:
+    """The id of ``name``, registering it on first use."""
+    name = clean_name(name)
+    with write_txn(db):
+        rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
+        if rows:
+            return rows[0]["id"]
+        new_id = db["annotators"].insert({"name": name, "role": role, "created_at": now()}).last_pk
+        log_event(db, "annotator_added", new_id, name=name, role=role)
+        return new_id

@@ -1,0 +1,23 @@
+"""The audit log: one row per thing that happened, for operators and for debugging a lost item."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlite_utils
+
+from rlhf_loop.store.db import now
+
+
+def log_event(
+    db: sqlite_utils.Database, kind: str, annotator_id: int | None = None, **payload: Any
+) -> None:
+    db["events"].insert(
+        {
+            "at": now(),
+            "kind": kind,
+            "annotator_id": annotator_id,
+            "payload": json.dumps(payload, sort_keys=True),
+        }
+    )

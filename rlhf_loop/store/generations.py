@@ -1,0 +1,91 @@
+"""Policy versions, sampled generations and the comparisons (ranking tasks) built from them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import sqlite_utils
+
+from rlhf_loop.sampler import Sample
+from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.events import log_event
+
+
+def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
+    """The newest policy version on ``base_model``, registering the bare base model as one."""
+    with write_txn(db):
+        rows = db["model_versions"].rows_where(
+            "kind = 'policy' AND base_model = ?", [base_model], order_by="version DESC", limit=1
+        )
+        row = next(iter(rows), None)
+        if row:
+            return row["version"]
+        version = db.execute(
+            "SELECT coalesce(max(version) + 1, 0) FROM model_versions WHERE kind = 'policy'"
+        ).fetchone()[0]
+        db["model_versions"].insert(
+            {"kind": "policy", "version": version, "base_model": base_model, "created_at": now()}
+        )
+        log_event(db, "policy_registered", version=version, base_model=base_model)
+        return version
+
+
+def prompts_to_sample(
+    db: sqlite_utils.Database, policy_version: int, n: int
+) -> list[tuple[int, str]]:
+    """The n prompts with the fewest ranking tasks at this policy version, oldest first."""
+    rows = db.execute(
+        """
+        SELECT p.id, p.text FROM prompts p
+        LEFT JOIN comparisons c ON c.prompt_id = p.id AND c.policy_version = ?
+        GROUP BY p.id ORDER BY count(c.id), p.id LIMIT ?
+        """,
+        [policy_version, n],
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def add_comparisons(
+    db: sqlite_utils.Database,
+    policy_version: int,
+    prompt_ids: Sequence[int],
+    samples: Sequence[Sequence[Sample]],
+    params: dict[str, object],
+) -> list[int]:
+    """Store each prompt's K samples and one comparison over them, all in one transaction."""
+    created = now()
+    params_json = json.dumps(params, sort_keys=True)
+    comparison_ids = []
+    with write_txn(db):
+        for prompt_id, group in zip(prompt_ids, samples, strict=True):
+            generation_ids = [
+                db["generations"]
+                .insert(
+                    {
+                        "prompt_id": prompt_id,
+                        "policy_version": policy_version,
+                        "text": s.text,
+                        "token_count": s.token_count,
+                        "finished": int(s.finished),
+                        "params": params_json,
+                        "created_at": created,
+                    }
+                )
+                .last_pk
+                for s in group
+            ]
+            comparison_ids.append(
+                db["comparisons"]
+                .insert(
+                    {
+                        "prompt_id": prompt_id,
+                        "policy_version": policy_version,
+                        "k": len(generation_ids),
+                        "generation_ids": json.dumps(generation_ids),
+                        "created_at": created,
+                    }
+                )
+                .last_pk
+            )
+    return comparison_ids

@@ -1,0 +1,65 @@
+"""Prompts in the database: an import lands whole or not at all, and a prompt is stored once."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from rlhf_loop.prompt_import import ParsedPrompts, prompt_hash
+from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.events import log_event
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import did, for the message the operator reads."""
+
+    added: int
+    already_present: int
+    duplicate_lines: list[int]
+    blank_lines: int
+
+    def summary(self) -> str:
+        parts = [f"{self.added} prompt(s) added"]
+        if self.already_present:
+            parts.append(f"{self.already_present} already in the database")
+        if self.duplicate_lines:
+            shown = ", ".join(map(str, self.duplicate_lines[:10]))
+            more = "…" if len(self.duplicate_lines) > 10 else ""
+            parts.append(f"{len(self.duplicate_lines)} duplicate line(s) skipped ({shown}{more})")
+        if self.blank_lines:
+            parts.append(f"{self.blank_lines} blank line(s) skipped")
+        return "; ".join(parts)
+
+
+def add_prompts(db: sqlite_utils.Database, parsed: ParsedPrompts, source: str) -> ImportReport:
+    """Insert the parsed prompts that are new, in one transaction."""
+    created = now()
+    rows = [
+        {
+            "text": row.text,
+            "text_hash": prompt_hash(row.text),
+            "label": row.label,
+            "meta": json.dumps(row.meta, sort_keys=True) if row.meta else None,
+            "source": source,
+            "created_at": created,
+        }
+        for row in parsed.rows
+    ]
+    with write_txn(db):
+        before = db["prompts"].count
+        db["prompts"].insert_all(rows, ignore=True, batch_size=500)
+        added = db["prompts"].count - before
+        log_event(db, "prompts_imported", source=source, added=added, offered=len(rows))
+    return ImportReport(
+        added=added,
+        already_present=len(rows) - added,
+        duplicate_lines=list(parsed.duplicates),
+        blank_lines=parsed.blank_lines,
+    )
+
+
+def prompt_count(db: sqlite_utils.Database) -> int:
+    return db["prompts"].count

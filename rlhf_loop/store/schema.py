@@ -1,0 +1,179 @@
+"""Versioned schema migrations, tracked in ``PRAGMA user_version``.
+
+Each migration is a function applied once, in order, inside one write transaction, so a database
+is always at a whole version. Append new migrations; never edit a released one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def _v1_labeling(db: sqlite_utils.Database) -> None:
+    """Prompts, sampled generations, ranking tasks and the rankings with ties."""
+    db["annotators"].create(
+        {"id": int, "name": str, "role": str, "created_at": float},
+        pk="id",
+        not_null={"name", "role", "created_at"},
+    )
+    db["annotators"].create_index(["name"], unique=True)
+
+    db["prompts"].create(
+        {
+            "id": int,
+            "text": str,
+            "text_hash": str,
+            "label": str,
+            "meta": str,
+            "source": str,
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"text", "text_hash", "created_at"},
+    )
+    db["prompts"].create_index(["text_hash"], unique=True)
+
+    db["model_versions"].create(
+        {
+            "id": int,
+            "kind": str,
+            "version": int,
+            "parent_id": int,
+            "base_model": str,
+            "path": str,
+            "metrics": str,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("parent_id", "model_versions", "id")],
+        not_null={"kind", "version", "base_model", "created_at"},
+    )
+    db["model_versions"].create_index(["kind", "version"], unique=True)
+
+    db["generations"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "policy_version": int,
+            "text": str,
+            "token_count": int,
+            "finished": int,
+            "params": str,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id")],
+        not_null={"prompt_id", "policy_version", "text", "token_count", "finished", "params"},
+    )
+    db["generations"].create_index(["prompt_id"])
+
+    db["comparisons"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "policy_version": int,
+            "k": int,
+            "generation_ids": str,
+            "created_at": float,
+        },
+        pk="id",
+        foreign_keys=[("prompt_id", "prompts", "id")],
+        not_null={"prompt_id", "policy_version", "k", "generation_ids", "created_at"},
+    )
+    db["comparisons"].create_index(["prompt_id"])
+
+    db["assignments"].create(
+        {
+            "id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "served_at": float,
+            "closed_at": float,
+        },
+        pk="id",
+        foreign_keys=[("comparison_id", "comparisons", "id"), ("annotator_id", "annotators", "id")],
+        not_null={"comparison_id", "annotator_id", "served_at"},
+    )
+    db["assignments"].create_index(["comparison_id", "annotator_id"], unique=True)
+    db["assignments"].create_index(["annotator_id", "closed_at"])
+
+    db["rankings"].create(
+        {
+            "id": int,
+            "comparison_id": int,
+            "annotator_id": int,
+            "status": str,
+            "ranks": str,
+            "reason": str,
+            "seconds": float,
+            "created_at": float,
+            "retracted_at": float,
+            "supersedes": int,
+        },
+        pk="id",
+        foreign_keys=[
+            ("comparison_id", "comparisons", "id"),
+            ("annotator_id", "annotators", "id"),
+            ("supersedes", "rankings", "id"),
+        ],
+        not_null={"comparison_id", "annotator_id", "status", "seconds", "created_at"},
+    )
+    # One live submission per annotator and task; a retracted one (undo) leaves room for the redo.
+    # A partial index has no table-API form in sqlite-utils, hence the one SQL string.
+    db.execute(
+        "CREATE UNIQUE INDEX idx_rankings_live ON rankings(comparison_id, annotator_id) "
+        "WHERE retracted_at IS NULL"
+    )
+    db["rankings"].create_index(["annotator_id", "created_at"])
+
+    db["events"].create(
+        {"id": int, "at": float, "kind": str, "annotator_id": int, "payload": str},
+        pk="id",
+        not_null={"at", "kind"},
+    )
+
+    db["leases"].create(
+        {
+            "name": str,
+            "holder": str,
+            "pid": int,
+            "acquired_at": float,
+            "heartbeat_at": float,
+            "status": str,
+            "progress": float,
+        },
+        pk="name",
+        not_null={"holder", "pid", "acquired_at", "heartbeat_at"},
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1_labeling]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(
+    db: sqlite_utils.Database,
+    write_txn: Callable[[sqlite_utils.Database], AbstractContextManager[sqlite_utils.Database]],
+) -> None:
+    """Apply the migrations this file lacks; safe when several processes open it at once."""
+    if schema_version(db) == SCHEMA_VERSION:
+        return
+    with write_txn(db):
+        current = schema_version(db)  # re-read under the write lock: another process may have won
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema v{current} is newer than this code (v{SCHEMA_VERSION}); "
+                "upgrade rlhf-loop"
+            )
+        for version in range(current, SCHEMA_VERSION):
+            MIGRATIONS[version](db)
+            db.execute(f"PRAGMA user_version = {version + 1}")

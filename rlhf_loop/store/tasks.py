@@ -1,0 +1,127 @@
+"""Serving ranking tasks: which comparison an annotator sees next, claimed atomically.
+
+A comparison has ``overlap`` slots. A slot is taken by a live ranking (or flag), or by an open
+assignment that has not timed out. Serving writes an assignment, so a reload shows the same item
+again, two annotators never get the same slot, and an abandoned item returns to the pool after
+``assignment_timeout_s``. A skip frees the slot for someone else, never for the one who skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import sqlite_utils
+
+from rlhf_loop.store.db import now, write_txn
+
+# Slots a comparison still has free: overlap minus live (non-skip) rankings minus open assignments.
+_FREE_SLOTS = """
+    :overlap
+    - (SELECT count(*) FROM rankings r
+       WHERE r.comparison_id = c.id AND r.retracted_at IS NULL AND r.status != 'skipped')
+    - (SELECT count(*) FROM assignments a
+       WHERE a.comparison_id = c.id AND a.closed_at IS NULL AND a.served_at > :cutoff)
+"""
+
+
+@dataclass(frozen=True)
+class Response:
+    generation_id: int
+    text: str
+    token_count: int
+    finished: bool
+
+
+@dataclass(frozen=True)
+class Task:
+    """One comparison as an annotator sees it: the prompt and K responses in display order."""
+
+    comparison_id: int
+    prompt: str
+    policy_version: int
+    responses: list[Response]
+    served_at: float
+
+    @property
+    def k(self) -> int:
+        return len(self.responses)
+
+
+def load_task(db: sqlite_utils.Database, comparison_id: int, served_at: float) -> Task:
+    comparison = db["comparisons"].get(comparison_id)
+    prompt = db["prompts"].get(comparison["prompt_id"])
+    ids = json.loads(comparison["generation_ids"])
+    by_id = {
+        g["id"]: g for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
+    }
+    responses = [
+        Response(i, by_id[i]["text"], by_id[i]["token_count"], bool(by_id[i]["finished"]))
+        for i in ids
+    ]
+    return Task(comparison_id, prompt["text"], comparison["policy_version"], responses, served_at)
+
+
+def _open_assignment(db: sqlite_utils.Database, annotator: int) -> tuple[int, float] | None:
+    rows = db["assignments"].rows_where(
+        "annotator_id = ? AND closed_at IS NULL", [annotator], order_by="served_at DESC", limit=1
+    )
+    row = next(iter(rows), None)
+    return (row["comparison_id"], row["served_at"]) if row else None
+
+
+def next_task(
+    db: sqlite_utils.Database, annotator: int, overlap: int, assignment_timeout_s: float
+) -> Task | None:
+    """The task this annotator is on, or a newly claimed one; None when the queue is empty."""
+    with write_txn(db):
+        current = _open_assignment(db, annotator)
+        if current:
+            return load_task(db, *current)
+        served_at = now()
+        row = db.execute(
+            f"""
+            SELECT c.id FROM comparisons c
+            WHERE NOT EXISTS (SELECT 1 FROM assignments a
+                              WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
+              AND ({_FREE_SLOTS}) > 0
+            ORDER BY c.policy_version DESC, c.id
+            LIMIT 1
+            """,
+            {
+                "annotator": annotator,
+                "overlap": overlap,
+                "cutoff": served_at - assignment_timeout_s,
+            },
+        ).fetchone()
+        if row is None:
+            return None
+        db["assignments"].insert(
+            {"comparison_id": row[0], "annotator_id": annotator, "served_at": served_at}
+        )
+        return load_task(db, row[0], served_at)
+
+
+def free_slots(db: sqlite_utils.Database, overlap: int, assignment_timeout_s: float) -> int:
+    """Rankings the queue can still absorb, over all annotators: what the sampler tops up."""
+    row = db.execute(
+        f"SELECT coalesce(sum(max(({_FREE_SLOTS}), 0)), 0) FROM comparisons c",
+        {"overlap": overlap, "cutoff": now() - assignment_timeout_s},
+    ).fetchone()
+    return int(row[0])
+
+
+def tasks_left_for(
+    db: sqlite_utils.Database, annotator: int, overlap: int, assignment_timeout_s: float
+) -> int:
+    """Tasks this annotator could still be served (the 'queue left' figure on the page)."""
+    row = db.execute(
+        f"""
+        SELECT count(*) FROM comparisons c
+        WHERE NOT EXISTS (SELECT 1 FROM assignments a
+                          WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
+          AND ({_FREE_SLOTS}) > 0
+        """,
+        {"annotator": annotator, "overlap": overlap, "cutoff": now() - assignment_timeout_s},
+    ).fetchone()
+    return int(row[0])

@@ -1,0 +1,110 @@
+"""The background worker: one process per database, holding the "worker" lease.
+
+It keeps the ranking queue full so the Rank page never waits on a model: whenever fewer than
+``queue_depth`` slots are free it samples another batch from the live policy. A heartbeat
+thread keeps the lease fresh during long model calls and carries the status line (and the
+first-start build progress) that the pages show.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from rlhf_loop.config import Settings
+from rlhf_loop.store import leases
+from rlhf_loop.store.db import open_db
+
+LEASE = "worker"
+TOKEN_ENV = "RLHF_LOOP_WORKER_TOKEN"
+IDLE_POLL_S = 0.5
+
+
+@dataclass
+class Heartbeat:
+    """Refreshes the lease from its own thread and connection; ``lost`` is set if it is taken."""
+
+    settings: Settings
+    holder: str
+    status: str = "starting"
+    progress: float | None = None
+    lost: threading.Event = field(default_factory=threading.Event)
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, status: str, progress: float | None = None) -> None:
+        self.status, self.progress = status, progress
+
+    def run(self) -> None:
+        db = open_db(self.settings.resolved_db_path)
+        interval = min(1.0, self.settings.lease_timeout_s / 5)
+        while not self.stopped.wait(interval):
+            if not leases.heartbeat(db, LEASE, self.holder, self.status, self.progress):
+                self.lost.set()
+                return
+
+
+def new_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
+    """Serve until the lease is lost (or idle for ``idle_exit_s``); returns an exit status."""
+    db = open_db(settings.resolved_db_path)
+    holder = os.environ.get(TOKEN_ENV) or new_holder()
+    if not leases.acquire(db, LEASE, holder, os.getpid(), settings.lease_timeout_s):
+        print("another worker holds the lease; exiting", flush=True)
+        return 0
+    beat = Heartbeat(settings, holder)
+    threading.Thread(target=beat.run, daemon=True, name="heartbeat").start()
+    try:
+        _serve(db, settings, beat, idle_exit_s)
+    finally:
+        beat.stopped.set()
+        if not beat.lost.is_set():
+            leases.release(db, LEASE, holder)
+    return 0
+
+
+def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -> None:
+    # Heavy imports after the lease: a worker that loses the race exits without loading torch.
+    from rlhf_loop.model.loader import load_causal_lm, resolve_model_path
+    from rlhf_loop.sampler import SamplingParams, sample_responses
+    from rlhf_loop.seed import seed_demo_prompts
+    from rlhf_loop.store.generations import add_comparisons, live_policy_version, prompts_to_sample
+    from rlhf_loop.store.tasks import free_slots
+
+    if settings.seed_demo_prompts:
+        seed_demo_prompts(db)
+    beat.report("loading the policy model")
+    path = resolve_model_path(settings, on_progress=lambda stage, f: beat.report(stage, f))
+    model, tokenizer = load_causal_lm(path, settings.device)
+    params = SamplingParams.from_settings(settings)
+    record = params.record(settings.model)
+    idle_since = time.monotonic()
+    while not beat.lost.is_set():
+        version = live_policy_version(db, settings.model)
+        free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
+        wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
+        batch = (
+            prompts_to_sample(db, version, min(wanted, settings.sample_batch_prompts))
+            if wanted > 0
+            else []
+        )
+        if not batch:
+            beat.report("queue full" if wanted <= 0 else "no prompts to sample: import some")
+            if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                return
+            time.sleep(IDLE_POLL_S)
+            continue
+        beat.report(
+            f"sampling {len(batch)} prompt(s) with policy v{version}",
+            free / max(1, settings.queue_depth),
+        )
+        samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
+        add_comparisons(db, version, [pid for pid, _ in batch], samples, record)
+        idle_since = time.monotonic()

@@ -1,0 +1,55 @@
+"""Starting a worker from the app when none holds the lease.
+
+The app claims the lease itself, under a fresh token, before it spawns the process, and hands
+the token over: so two pages opened at once start one worker, not two, and the page does not
+start another while the first is still importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlite_utils
+
+from rlhf_loop.config import ENV_PREFIX, Settings
+from rlhf_loop.store import leases
+from rlhf_loop.worker import LEASE, TOKEN_ENV, new_holder
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as RLHF_LOOP_* variables, so a child process sees exactly these values."""
+    return {
+        ENV_PREFIX + f.name.upper(): str(getattr(settings, f.name))
+        for f in dataclasses.fields(settings)
+    } | {
+        ENV_PREFIX + "DATA_DIR": str(settings.resolved_data_dir),
+        ENV_PREFIX + "DB_PATH": str(settings.resolved_db_path),
+        ENV_PREFIX + "MODEL_CACHE_DIR": str(settings.resolved_model_cache_dir),
+    }
+
+
+def ensure_worker(db: sqlite_utils.Database, settings: Settings) -> int | None:
+    """Spawn a worker if the lease is free; returns its pid, or None if one is alive already."""
+    if leases.live_holder(db, LEASE, settings.lease_timeout_s):
+        return None  # the common case, answered by a read: no write lock on every page run
+    token = new_holder()
+    if not leases.acquire(db, LEASE, token, os.getpid(), settings.lease_timeout_s):
+        return None
+    log_path = settings.resolved_data_dir / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ | settings_env(settings) | {TOKEN_ENV: token}
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rlhf_loop", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives a Streamlit restart; the lease says who runs
+            cwd=Path.cwd(),
+        )
+    return process.pid
