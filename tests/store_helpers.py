@@ -1,0 +1,35 @@
+"""Building database states without a model: prompts and comparisons from fixed texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlite_utils
+
+from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
+from rlhf_loop.sampler import Sample
+from rlhf_loop.store.db import open_db
+from rlhf_loop.store.generations import add_comparisons, live_policy_version
+from rlhf_loop.store.prompts import add_prompts
+
+
+def fresh_db(path: Path) -> sqlite_utils.Database:
+    return open_db(path / "rlhf.db")
+
+
+def add_texts(db: sqlite_utils.Database, texts: list[str]) -> None:
+    rows = [PromptRow(text=t, line=i + 1) for i, t in enumerate(texts)]
+    add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "test")
+
+
+def make_comparisons(db: sqlite_utils.Database, n: int, k: int = 4) -> list[int]:
+    """n comparisons over n new prompts, each with k distinct fixed responses."""
+    start = db["prompts"].count
+    add_texts(db, [f"prompt {start + i}" for i in range(n)])
+    prompt_ids = [r["id"] for r in db["prompts"].rows_where(order_by="id")][start:]
+    samples = [
+        [Sample(f"response {j} to prompt {pid}", 5 + j, j % 2 == 0) for j in range(k)]
+        for pid in prompt_ids
+    ]
+    version = live_policy_version(db, "fixed-texts")
+    return add_comparisons(db, version, prompt_ids, samples, {"model": "fixed-texts", "k": k})
