@@ -17,14 +17,10 @@ from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker
 
 
-@st.cache_resource
-def _settings() -> Settings:
-    return load_settings()
-
-
 def settings() -> Settings:
+    """Read on every run (a small file): an edited config applies without a restart."""
     try:
-        return _settings()
+        return load_settings()
     except ConfigError as exc:
         st.error(f"Configuration error: {exc}")
         st.stop()

@@ -13,13 +13,15 @@ db = database()
 st.title("Data")
 
 counts = st.columns(4)
-for column, table in zip(counts, ["prompts", "generations", "comparisons", "rankings"], strict=True):
+for column, table in zip(
+    counts, ["prompts", "generations", "comparisons", "rankings"], strict=True
+):
     column.metric(table.capitalize(), db[table].count)
 
 st.subheader("Import prompts")
 st.caption(
-    "A .txt file with one prompt per line, a .jsonl file with a \"prompt\" field per line "
-    "(optional \"label\"), or a .csv file with a \"prompt\" column (optional \"label\"). "
+    'A .txt file with one prompt per line, a .jsonl file with a "prompt" field per line '
+    '(optional "label"), or a .csv file with a "prompt" column (optional "label"). '
     "A file with any malformed row is refused whole; duplicates are skipped."
 )
 with st.form("import", clear_on_submit=True):

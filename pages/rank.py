@@ -79,68 +79,89 @@ def wait_for_items() -> None:
         st.progress(min(max(float(progress), 0.0), 1.0), text=label)
 
 
+def on_rank(comparison_id: int, k: int) -> None:
+    """Submit callback, bound to the item that was on screen: a stale tab cannot rank another."""
+    typed = st.session_state.get(f"typed-{comparison_id}", "")
+    picks = [st.session_state.get(f"pick-{comparison_id}-{i}") for i in range(k)]
+    try:
+        ranks = ranks_from_inputs(typed, picks)
+    except RankingError as exc:
+        st.session_state["refused"] = (comparison_id, str(exc))
+        return
+    answer(comparison_id, "ranked", f"Saved {describe_ranking(ranks)}", ranks=ranks)
+
+
+def answer(comparison_id: int, status: Status, done: str, **details: object) -> None:
+    """Store the answer; a refused one says why and keeps the item on screen."""
+    try:
+        submit(db, annotator, comparison_id, status, **details)
+    except DuplicateSubmission as exc:
+        flash("warning", str(exc))
+    except RankingError as exc:
+        st.session_state["refused"] = (comparison_id, str(exc))
+    else:
+        flash("success", done)
+
+
+def on_flag(comparison_id: int) -> None:
+    reason = st.session_state.get(f"flag-reason-{comparison_id}") or FLAG_REASONS[-1]
+    detail = st.session_state.get(f"flag-detail-{comparison_id}", "").strip()
+    answer(comparison_id, "flagged", "Flagged; thank you", reason=f"{reason}. {detail}".strip())
+
+
+def on_undo() -> None:
+    if undo_last(db, annotator) is None:
+        flash("warning", "Nothing to undo")
+
+
 def rank_form(task: Task) -> None:
+    cid = task.comparison_id
     labels = response_labels(task.k)
-    with st.form(key=f"rank-{task.comparison_id}", border=False):
-        typed = st.text_input(
+    with st.form(key=f"rank-{cid}", border=False):
+        st.text_input(
             "Ranking",
             placeholder=f"ranks in order, e.g. {' '.join(map(str, range(1, task.k + 1)))}"
             ", or B > A = C; Enter submits",
-            key=f"typed-{task.comparison_id}",
+            key=f"typed-{cid}",
         )
         columns = st.columns(2 if task.k <= 4 else 3)
-        picks = []
         for i, (label, response) in enumerate(zip(labels, task.responses, strict=True)):
             with columns[i % len(columns)]:
                 st.markdown(f"**{label}**")
                 text_box(response.text)
                 ending = "" if response.finished else " · cut off at the length limit"
                 st.caption(f"{response.token_count} tokens{ending}")
-                picks.append(
-                    st.segmented_control(
-                        f"Rank of {label}",
-                        options=list(range(1, task.k + 1)),
-                        key=f"pick-{task.comparison_id}-{i}",
-                        label_visibility="collapsed",
-                    )
+                st.segmented_control(
+                    f"Rank of {label}",
+                    options=list(range(1, task.k + 1)),
+                    key=f"pick-{cid}-{i}",
+                    label_visibility="collapsed",
                 )
-        submitted = st.form_submit_button("Submit", type="primary", icon=":material/send:")
-    if submitted:
-        try:
-            ranks = ranks_from_inputs(typed, picks)
-        except RankingError as exc:
-            st.error(str(exc), icon=":material/error:")
-        else:
-            answer(task, "ranked", f"Saved {describe_ranking(ranks)}", ranks=ranks)
-
-
-def answer(task: Task, status: Status, done: str, **details: object) -> None:
-    """Store the answer and move on; a refused one says why and keeps the item on screen."""
-    try:
-        submit(db, annotator, task.comparison_id, status, **details)
-    except DuplicateSubmission as exc:
-        flash("warning", str(exc))
-    except RankingError as exc:
-        st.error(str(exc), icon=":material/error:")
-        return
-    else:
-        flash("success", done)
-    st.rerun()
+        st.form_submit_button(
+            "Submit", type="primary", icon=":material/send:", on_click=on_rank, args=(cid, task.k)
+        )
+    refused_cid, message = st.session_state.pop("refused", (None, None))
+    if refused_cid == cid:
+        st.error(message, icon=":material/error:")
 
 
 def actions(task: Task) -> None:
+    cid = task.comparison_id
     skip_col, undo_col, flag_col = st.columns(3)
-    if skip_col.button("Skip", icon=":material/skip_next:", shortcut="Alt+S"):
-        answer(task, "skipped", "Skipped")
-    if undo_col.button("Undo last submission", icon=":material/undo:", shortcut="Alt+Z"):
-        if undo_last(db, annotator) is None:
-            flash("warning", "Nothing to undo")
-        st.rerun()
-    with flag_col.popover("Flag…", icon=":material/flag:"), st.form(f"flag-{task.comparison_id}"):
-        reason = st.selectbox("Why", FLAG_REASONS)
-        detail = st.text_input("Details (optional)", max_chars=500)
-        if st.form_submit_button("Flag this item"):
-            answer(task, "flagged", "Flagged; thank you", reason=f"{reason}. {detail}")
+    skip_col.button(
+        "Skip",
+        icon=":material/skip_next:",
+        shortcut="Alt+S",
+        on_click=answer,
+        args=(cid, "skipped", "Skipped"),
+    )
+    undo_col.button(
+        "Undo last submission", icon=":material/undo:", shortcut="Alt+Z", on_click=on_undo
+    )
+    with flag_col.popover("Flag…", icon=":material/flag:"), st.form(f"flag-{cid}"):
+        st.selectbox("Why", FLAG_REASONS, key=f"flag-reason-{cid}")
+        st.text_input("Details (optional)", max_chars=500, key=f"flag-detail-{cid}")
+        st.form_submit_button("Flag this item", on_click=on_flag, args=(cid,))
 
 
 task = next_task(db, annotator, config.overlap, config.assignment_timeout_s)

@@ -1,0 +1,158 @@
+"""The pages through AppTest: ranking with ties, refusals, skip/undo/flag, import, export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from store_helpers import add_texts, fresh_db, make_comparisons
+from streamlit.testing.v1 import AppTest
+
+from rlhf_loop.sampler import Sample
+from rlhf_loop.store.annotators import annotator_id
+from rlhf_loop.store.generations import add_comparisons, live_policy_version
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+SCRIPT = "<script>alert('x')</script>"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
+    return tmp_path
+
+
+def rank_page(annotator: str | None = "ada") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=30)
+    if annotator:
+        at.query_params["annotator"] = annotator
+    return at.run()
+
+
+def shown_texts(at: AppTest) -> list[str]:
+    return [t.value for t in at.text]
+
+
+def test_name_form_puts_the_annotator_in_the_url(data_dir: Path) -> None:
+    at = rank_page(annotator=None)
+    at.text_input[0].input("   ")
+    at.button[0].click().run()
+    assert "enter a name" in at.error[0].value
+    at.text_input[0].input("ada")
+    at.button[0].click().run()
+    assert at.query_params["annotator"] == "ada"
+
+
+def test_rank_with_a_tie_by_typing(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 2)
+    at = rank_page()
+    first_prompt = shown_texts(at)[1]  # after the annotator's name
+    assert first_prompt.startswith("prompt ")
+    at.text_input(key="typed-1").input("1 1 2 3")
+    at.button[0].click().run()  # the form's submit button: Enter in the field does the same
+    row = db["rankings"].get(1)
+    assert json.loads(row["ranks"]) == [1, 1, 2, 3] and row["status"] == "ranked"
+    assert "Saved A = B > C > D" in at.success[0].value
+    assert shown_texts(at)[1] != first_prompt  # the next item is on screen
+    assert at.metric[0].value == "1"
+
+
+def test_rank_by_picking_and_a_missing_rank_is_refused(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 1, k=3)
+    at = rank_page()
+    at.segmented_control(key="pick-1-0").set_value(2)
+    at.segmented_control(key="pick-1-2").set_value(1)
+    at.button[0].click().run()
+    assert "B has no rank" in at.error[0].value
+    assert db["rankings"].count == 0
+    at.segmented_control(key="pick-1-1").set_value(2)
+    at.button[0].click().run()
+    assert json.loads(db["rankings"].get(1)["ranks"]) == [2, 2, 1]
+
+
+def test_html_in_prompts_and_responses_is_shown_as_text(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    add_texts(db, [SCRIPT])
+    version = live_policy_version(db, "fixed")
+    add_comparisons(
+        db, version, [1], [[Sample(SCRIPT, 3, True), Sample("<b>bold</b>", 3, True)]], {}
+    )
+    at = rank_page()
+    assert SCRIPT in shown_texts(at) and "<b>bold</b>" in shown_texts(at)
+    assert not any("<script>" in m.value for m in at.markdown)
+    assert len(at.get("html")) == 0
+
+
+def test_skip_then_undo_brings_the_item_back(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 2)
+    at = rank_page()
+    first = shown_texts(at)[1]
+    next(b for b in at.button if b.label == "Skip").click().run()
+    assert shown_texts(at)[1] != first
+    assert db["rankings"].get(1)["status"] == "skipped"
+    next(b for b in at.button if b.label == "Undo last submission").click().run()
+    assert shown_texts(at)[1] == first
+    assert db["rankings"].get(1)["retracted_at"] is not None
+
+
+def test_flag_needs_no_ranking(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 1)
+    at = rank_page()
+    at.selectbox[0].select("All responses are bad")
+    next(b for b in at.button if b.label == "Flag this item").click().run()
+    row = db["rankings"].get(1)
+    assert row["status"] == "flagged" and row["reason"].startswith("All responses are bad")
+
+
+def test_a_reload_shows_the_same_item_and_a_stale_double_submit_is_refused(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 3)
+    tab1, tab2 = rank_page(), rank_page()  # one annotator, the page open twice (or reloaded)
+    assert shown_texts(tab1)[1] == shown_texts(tab2)[1]
+    tab1.text_input(key="typed-1").input("1234")
+    tab1.button[0].click().run()
+    tab2.text_input(key="typed-1").input("4321")
+    tab2.button[0].click().run()
+    assert "first answer was kept" in tab2.warning[0].value
+    assert db["rankings"].count == 1 and json.loads(db["rankings"].get(1)["ranks"]) == [1, 2, 3, 4]
+
+
+def test_empty_queue_says_so(data_dir: Path) -> None:
+    fresh_db(data_dir)
+    at = rank_page()
+    assert "no worker is running" in at.info[0].value
+
+
+def test_data_page_imports_and_refuses_a_malformed_file_whole(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.switch_page("pages/data.py").run()
+    at.file_uploader[0].set_value(("p.jsonl", b'{"prompt": "a"}\n{"prompt": 3}\n', "text/plain"))
+    at.button[0].click().run()
+    assert "line 2" in at.error[0].value and "Nothing was imported" in at.error[0].value
+    assert db["prompts"].count == 0
+    at.file_uploader[0].set_value(("p.txt", b"a\nb\na\n\n" + SCRIPT.encode(), "text/plain"))
+    at.button[0].click().run()
+    assert "3 prompt(s) added" in at.success[0].value and "duplicate" in at.success[0].value
+    assert db["prompts"].count == 3
+
+
+def test_data_page_counts_and_offers_both_exports(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 2)
+    annotator_id(db, "ada")
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.switch_page("pages/data.py").run()
+    assert [m.value for m in at.metric] == ["2", "8", "2", "0"]
+    assert [b.label for b in at.get("download_button")] == [
+        "Full rankings (JSONL)",
+        "Chosen/rejected pairs for TRL (JSONL)",
+    ]
