@@ -1,0 +1,189 @@
+"""How long an annotator waits for the next item after submitting, with a ready queue.
+
+Two figures, one run:
+- store: ``submit`` + ``next_task`` on the SQLite file (the work the page does per item), over a
+  database of N ready tasks plus M already ranked ones (so the queue query is not flattered);
+- browser: a real ``streamlit run`` driven by headless Debian chromium; the clock starts when
+  Enter is pressed in the ranking field and stops when the next prompt is on screen.
+
+    python bench/next_item_latency.py [--items 30] [--history 5000]
+
+Writes bench/out/next_item_latency.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rlhf_loop.prompt_import import ParsedPrompts, PromptRow  # noqa: E402
+from rlhf_loop.sampler import Sample  # noqa: E402
+from rlhf_loop.store.annotators import annotator_id  # noqa: E402
+from rlhf_loop.store.db import open_db  # noqa: E402
+from rlhf_loop.store.generations import add_comparisons, live_policy_version  # noqa: E402
+from rlhf_loop.store.prompts import add_prompts  # noqa: E402
+from rlhf_loop.store.submissions import submit  # noqa: E402
+from rlhf_loop.store.tasks import next_task  # noqa: E402
+
+K = 4
+SETTLED = "document.querySelectorAll('input[aria-label=\"Ranking\"]').length === 1"
+TIMEOUT = 1800.0
+
+
+def fill(db_path: Path, n: int, prefix: str) -> None:
+    """n ready tasks whose prompts are '<prefix> 0', '<prefix> 1', ... in serving order."""
+    db = open_db(db_path)
+    rows = [PromptRow(text=f"{prefix} {i}", line=i + 1) for i in range(n)]
+    add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "bench")
+    ids = [r["id"] for r in db["prompts"].rows_where("text LIKE ?", [f"{prefix} %"], order_by="id")]
+    samples = [
+        [Sample(f"answer {j} to {pid}: " + "words " * 30, 40, True) for j in range(K)]
+        for pid in ids
+    ]
+    add_comparisons(db, live_policy_version(db, "bench"), ids, samples, {"model": "bench"})
+
+
+def summary(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {
+        "n": len(ordered),
+        "median_s": statistics.median(ordered),
+        "p90_s": ordered[int(0.9 * (len(ordered) - 1))],
+        "max_s": ordered[-1],
+    }
+
+
+def bench_store(workdir: Path, items: int, history: int) -> dict[str, float]:
+    db_path = workdir / "store.db"
+    fill(db_path, history, "old")
+    db = open_db(db_path)
+    old = annotator_id(db, "history")
+    while (task := next_task(db, old, 1, TIMEOUT)) is not None:
+        submit(db, old, task.comparison_id, "ranked", [1, 2, 2, 3])
+    fill(db_path, items + 1, "new")
+    me = annotator_id(db, "me")
+    task = next_task(db, me, 1, TIMEOUT)
+    times = []
+    for _ in range(items):
+        started = time.perf_counter()
+        submit(db, me, task.comparison_id, "ranked", [1, 2, 2, 3])
+        task = next_task(db, me, 1, TIMEOUT)
+        times.append(time.perf_counter() - started)
+    return summary(times)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_browser(workdir: Path, items: int) -> dict[str, dict[str, float]]:
+    """Seconds from Enter to the next prompt on screen, and to the page being usable again."""
+    from playwright.sync_api import sync_playwright
+
+    fill(workdir / "rlhf.db", items + 1, "bench prompt")
+    (workdir / "empty.toml").write_text("")
+    env = os.environ | {
+        "RLHF_LOOP_CONFIG": str(workdir / "empty.toml"),
+        "RLHF_LOOP_DATA_DIR": str(workdir),
+        "RLHF_LOOP_AUTO_START_WORKER": "false",
+    }
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+            )
+            page = browser.new_page()
+            page.goto(f"{url}/?annotator=bench")
+            page.get_by_text("bench prompt 0", exact=True).wait_for(timeout=60_000)
+            page.wait_for_function(SETTLED, timeout=30_000)
+            shown, settled = [], []
+            for i in range(items):
+                field = page.get_by_label("Ranking")
+                field.fill("1 2 2 3")
+                started = time.perf_counter()
+                field.press("Enter")
+                page.get_by_text(f"bench prompt {i + 1}", exact=True).wait_for(timeout=30_000)
+                shown.append(time.perf_counter() - started)
+                page.wait_for_function(SETTLED, timeout=30_000)  # usable: one ranking field
+                settled.append(time.perf_counter() - started)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+    ranked = open_db(workdir / "rlhf.db")["rankings"].count
+    assert ranked == items, f"expected {items} rankings stored, found {ranked}"
+    return {"shown": summary(shown), "settled": summary(settled)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--items", type=int, default=30)
+    parser.add_argument("--history", type=int, default=5000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        (workdir / "browser").mkdir()
+        result = {
+            "store": bench_store(workdir, args.items, args.history),
+            "browser": bench_browser(workdir / "browser", args.items),
+            "history_rankings": args.history,
+        }
+    out = REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "next_item_latency.json").write_text(json.dumps(result, indent=2))
+    figures = {"store": result["store"]} | {
+        f"browser {stage}": r for stage, r in result["browser"].items()
+    }
+    for name, r in figures.items():
+        print(
+            f"{name:16s} submit -> next item: median {r['median_s'] * 1000:.0f} ms, "
+            f"p90 {r['p90_s'] * 1000:.0f} ms, max {r['max_s'] * 1000:.0f} ms over {r['n']} items"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Sampling from the demo model and the background worker process that fills the queue."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TEST_PRETRAIN_STEPS
+from store_helpers import add_texts, fresh_db
+
+from rlhf_loop.config import Settings, load_settings
+from rlhf_loop.model.loader import load_causal_lm
+from rlhf_loop.sampler import SamplingParams, sample_responses
+from rlhf_loop.store import leases
+from rlhf_loop.store.tasks import free_slots
+from rlhf_loop.worker import LEASE
+from rlhf_loop.worker_launch import ensure_worker, settings_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def policy(demo_model_path: Path):
+    return load_causal_lm(str(demo_model_path), "cpu")
+
+
+def test_k_samples_per_prompt_with_counts_and_endings(policy) -> None:
+    model, tokenizer = policy
+    params = SamplingParams(k=3, temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=24)
+    groups = sample_responses(model, tokenizer, ["What is 2 + 3?", "Describe a cat."], params)
+    assert [len(g) for g in groups] == [3, 3]
+    samples = [s for g in groups for s in g]
+    assert all(1 <= s.token_count <= 24 for s in samples)
+    assert all(s.token_count == 24 for s in samples if not s.finished)
+    assert any(s.finished for s in samples)  # the demo model learned to stop
+    assert len({s.text for s in samples}) > 1  # sampling, not greedy copies
+    assert sample_responses(model, tokenizer, [], params) == []
+
+
+def test_a_prompt_longer_than_the_context_is_truncated_not_fatal(policy) -> None:
+    model, tokenizer = policy
+    params = SamplingParams(k=2, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=8)
+    huge = "word " * 20_000 + "What is 1 + 1?"  # 100 kB
+    (group,) = sample_responses(model, tokenizer, [huge], params)
+    assert len(group) == 2
+
+
+def worker_env(tmp_path: Path, demo_model_path: Path, **overrides: object) -> dict[str, str]:
+    settings = Settings(
+        data_dir=str(tmp_path),
+        model_cache_dir=str(demo_model_path.parent),
+        demo_pretrain_steps=TEST_PRETRAIN_STEPS,
+        device="cpu",
+        k=3,
+        max_new_tokens=16,
+        queue_depth=6,
+        sample_batch_prompts=4,
+        lease_timeout_s=5.0,
+    ).replace(**overrides)
+    (tmp_path / "empty.toml").write_text("")
+    return os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}
+
+
+def test_worker_fills_the_queue_and_records_how_it_sampled(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    env = worker_env(tmp_path, demo_model_path)
+    db = fresh_db(tmp_path)
+    add_texts(db, [f"What is {i} + {i}?" for i in range(10)])
+    worker = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
+    first = subprocess.Popen(worker, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # let the first claim the lease
+    second = subprocess.run(worker, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "another worker holds the lease" in second.stdout
+    assert first.wait(timeout=120) == 0
+    assert free_slots(db, overlap=1, assignment_timeout_s=600) >= 6
+    comparisons = list(db["comparisons"].rows)
+    assert all(c["k"] == 3 and c["policy_version"] == 0 for c in comparisons)
+    generation = next(iter(db["generations"].rows))
+    assert json.loads(generation["params"]) == {
+        "k": 3,
+        "max_new_tokens": 16,
+        "model": "demo",
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 0.95,
+    }
+    assert db["prompts"].count == 10  # demo prompts are seeded only into an empty table
+    assert leases.live_holder(db, LEASE, 60) is None  # released on exit
+
+
+def test_app_launcher_starts_one_worker_which_replaces_a_dead_one(
+    tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = worker_env(tmp_path, demo_model_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)  # the launcher passes its own environment on
+    settings = load_settings(environ=env)
+    db = fresh_db(tmp_path)
+    db["leases"].insert(
+        {"name": LEASE, "holder": "dead", "pid": 1, "acquired_at": 0, "heartbeat_at": 0}
+    )
+    pid = ensure_worker(db, settings)
+    try:
+        assert pid is not None
+        assert ensure_worker(db, settings) is None  # the lease is taken: no second worker
+        deadline = time.monotonic() + 120
+        while free_slots(db, 1, 600) < settings.queue_depth and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert free_slots(db, 1, 600) >= settings.queue_depth  # demo prompts seeded and sampled
+        assert leases.live_holder(db, LEASE, 5)["pid"] == pid
+    finally:
+        os.kill(pid, 15)
