@@ -65,6 +65,29 @@ class Settings:
     auto_start_worker: bool = True
     # Seconds after the last heartbeat at which a worker's lease counts as dead.
     lease_timeout_s: float = 30.0
+    # Times a job is retried after its worker died mid-job before it is marked failed.
+    job_max_attempts: int = 3
+
+    # Reward model: backbone "policy" (the policy's own base model) or a Hugging Face id or path.
+    reward_backbone: str = "policy"
+    # LoRA rank on the reward backbone; 0 trains all weights (fine for small backbones).
+    reward_lora_r: int = 0
+    reward_epochs: int = 4
+    reward_lr: float = 3e-4
+    # Rankings per optimiser step (each is K forward passes).
+    reward_batch_rankings: int = 8
+    # Tokens per prompt+response; longer prompts lose their start.
+    reward_max_length: int = 256
+    # Learn Davidson's tie parameter (else ties are ignored, as plain Bradley-Terry does).
+    reward_learn_ties: bool = True
+    # Prompt-aware utility (arXiv 2305.17608) from each prompt's label (open / closed).
+    reward_prompt_aware: bool = False
+    # Share of prompts whose rankings are held out for evaluation.
+    reward_heldout_fraction: float = 0.15
+    # Retrain automatically after this many new rankings; 0 = only when an operator asks.
+    reward_retrain_every: int = 50
+    # Serve first the items the reward model is least sure about.
+    active_selection: bool = True
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -98,6 +121,14 @@ class Settings:
             (self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1"),
             (self.demo_pretrain_steps >= 0, "demo_pretrain_steps must be >= 0"),
             (self.lease_timeout_s > 0, "lease_timeout_s must be > 0"),
+            (self.job_max_attempts >= 1, "job_max_attempts must be >= 1"),
+            (self.reward_lora_r >= 0, "reward_lora_r must be >= 0 (0 trains all weights)"),
+            (self.reward_epochs >= 1, "reward_epochs must be >= 1"),
+            (self.reward_lr > 0, "reward_lr must be > 0"),
+            (self.reward_batch_rankings >= 1, "reward_batch_rankings must be >= 1"),
+            (self.reward_max_length >= 8, "reward_max_length must be >= 8"),
+            (0 <= self.reward_heldout_fraction < 1, "reward_heldout_fraction must be in [0, 1)"),
+            (self.reward_retrain_every >= 0, "reward_retrain_every must be >= 0"),
             (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),
         ]
         for ok, message in checks:

@@ -152,7 +152,41 @@ def _v1_labeling(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1_labeling]
+def _v2_jobs(db: sqlite_utils.Database) -> None:
+    """Worker jobs with their live metrics, and a serving priority for active selection."""
+    db["jobs"].create(
+        {
+            "id": int,
+            "kind": str,
+            "status": str,
+            "params": str,
+            "attempts": int,
+            "claimed_by": str,
+            "heartbeat_at": float,
+            "progress": float,
+            "message": str,
+            "result": str,
+            "error": str,
+            "created_at": float,
+            "started_at": float,
+            "finished_at": float,
+        },
+        pk="id",
+        not_null={"kind", "status", "params", "attempts", "created_at"},
+        defaults={"attempts": 0, "params": "{}"},
+    )
+    db["jobs"].create_index(["status", "id"])
+    db["job_metrics"].create(
+        {"job_id": int, "step": int, "name": str, "value": float, "at": float},
+        foreign_keys=[("job_id", "jobs", "id")],
+        not_null={"job_id", "step", "name", "value", "at"},
+    )
+    db["job_metrics"].create_index(["job_id", "name", "step"])
+    db["comparisons"].add_column("priority", float, not_null_default=0.0)
+    db["comparisons"].create_index(["priority"])
+
+
+MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
