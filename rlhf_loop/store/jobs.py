@@ -50,7 +50,7 @@ def enqueue(db: sqlite_utils.Database, kind: str, params: dict[str, Any] | None 
             )
             .last_pk
         )
-        log_event(db, "job_queued", job_id=job_id, kind=kind)
+        log_event(db, "job_queued", job_id=job_id, job_kind=kind)
         return job_id
 
 
