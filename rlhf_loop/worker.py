@@ -17,7 +17,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from rlhf_loop.config import Settings
-from rlhf_loop.store import leases
+from rlhf_loop.store import jobs, leases
 from rlhf_loop.store.db import open_db
 
 LEASE = "worker"
@@ -39,6 +39,8 @@ class Heartbeat:
     def report(self, status: str, progress: float | None = None) -> None:
         self.status, self.progress = status, progress
 
+    job_id: int | None = None  # the running job, whose row carries the same heartbeat
+
     def run(self) -> None:
         db = open_db(self.settings.resolved_db_path)
         interval = min(1.0, self.settings.lease_timeout_s / 5)
@@ -46,6 +48,8 @@ class Heartbeat:
             if not leases.heartbeat(db, LEASE, self.holder, self.status, self.progress):
                 self.lost.set()
                 return
+            if self.job_id is not None:
+                jobs.beat(db, self.job_id, self.holder, self.progress, self.status)
 
 
 def new_holder() -> str:
@@ -73,38 +77,68 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
 def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -> None:
     # Heavy imports after the lease: a worker that loses the race exits without loading torch.
     from rlhf_loop.model.loader import load_causal_lm, resolve_model_path
-    from rlhf_loop.sampler import SamplingParams, sample_responses
-    from rlhf_loop.seed import seed_demo_prompts
-    from rlhf_loop.store.generations import add_comparisons, live_policy_version, prompts_to_sample
-    from rlhf_loop.store.tasks import free_slots
+    from rlhf_loop.sampler import SamplingParams
 
     if settings.seed_demo_prompts:
+        from rlhf_loop.seed import seed_demo_prompts
+
         seed_demo_prompts(db)
     beat.report("loading the policy model")
     path = resolve_model_path(settings, on_progress=lambda stage, f: beat.report(stage, f))
     model, tokenizer = load_causal_lm(path, settings.device)
     params = SamplingParams.from_settings(settings)
-    record = params.record(settings.model)
     idle_since = time.monotonic()
     while not beat.lost.is_set():
-        version = live_policy_version(db, settings.model)
-        free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
-        wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
-        batch = (
-            prompts_to_sample(db, version, min(wanted, settings.sample_batch_prompts))
-            if wanted > 0
-            else []
-        )
-        if not batch:
-            beat.report("queue full" if wanted <= 0 else "no prompts to sample: import some")
-            if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
-                return
-            time.sleep(IDLE_POLL_S)
+        if _run_one_job(db, settings, beat, path) or _top_up_queue(
+            db, settings, beat, model, tokenizer, params
+        ):
+            idle_since = time.monotonic()
             continue
-        beat.report(
-            f"sampling {len(batch)} prompt(s) with policy v{version}",
-            free / max(1, settings.queue_depth),
-        )
-        samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
-        add_comparisons(db, version, [pid for pid, _ in batch], samples, record)
-        idle_since = time.monotonic()
+        if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+            return
+        time.sleep(IDLE_POLL_S)
+
+
+def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> bool:
+    """Claim and run the next job (enqueueing a due retrain first); False when none ran."""
+    from rlhf_loop.job_runner import JobContext, run_job
+    from rlhf_loop.reward.job import retrain_due
+
+    if retrain_due(db, settings):
+        jobs.enqueue(db, "train_reward", {"reason": "new rankings"})
+    job = jobs.claim(db, beat.holder, settings.lease_timeout_s, settings.job_max_attempts)
+    if job is None:
+        return False
+    beat.job_id = job.id
+    beat.report(f"job {job.id}: {job.kind} (attempt {job.attempts})", 0.0)
+    try:
+        run_job(JobContext(db, settings, job, beat, policy_path))
+    finally:
+        beat.job_id = None
+    return True
+
+
+def _top_up_queue(db, settings: Settings, beat: Heartbeat, model, tokenizer, params) -> bool:
+    """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
+    from rlhf_loop.sampler import sample_responses
+    from rlhf_loop.store.generations import add_comparisons, live_policy_version, prompts_to_sample
+    from rlhf_loop.store.tasks import free_slots
+
+    version = live_policy_version(db, settings.model)
+    free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
+    wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
+    batch = (
+        prompts_to_sample(db, version, min(wanted, settings.sample_batch_prompts))
+        if wanted > 0
+        else []
+    )
+    if not batch:
+        beat.report("queue full" if wanted <= 0 else "no prompts to sample: import some")
+        return False
+    beat.report(
+        f"sampling {len(batch)} prompt(s) with policy v{version}",
+        free / max(1, settings.queue_depth),
+    )
+    samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
+    add_comparisons(db, version, [pid for pid, _ in batch], samples, params.record(settings.model))
+    return True
