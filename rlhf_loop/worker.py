@@ -87,16 +87,28 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     path = resolve_model_path(settings, on_progress=lambda stage, f: beat.report(stage, f))
     model, tokenizer = load_causal_lm(path, settings.device)
     params = SamplingParams.from_settings(settings)
+    selector = _selector(settings)
     idle_since = time.monotonic()
     while not beat.lost.is_set():
         if _run_one_job(db, settings, beat, path) or _top_up_queue(
             db, settings, beat, model, tokenizer, params
         ):
+            if selector:
+                beat.report("ordering the queue by reward-model uncertainty")
+                selector.refresh(db)
             idle_since = time.monotonic()
             continue
         if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
             return
         time.sleep(IDLE_POLL_S)
+
+
+def _selector(settings: Settings):
+    if not settings.active_selection:
+        return None
+    from rlhf_loop.reward.active import ActiveSelector
+
+    return ActiveSelector(settings.device, settings.reward_max_length)
 
 
 def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> bool:

@@ -85,7 +85,7 @@ def next_task(
             WHERE NOT EXISTS (SELECT 1 FROM assignments a
                               WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
               AND ({_FREE_SLOTS}) > 0
-            ORDER BY c.policy_version DESC, c.id
+            ORDER BY c.policy_version DESC, c.priority DESC, c.id
             LIMIT 1
             """,
             {

@@ -1,0 +1,1 @@
+"""Reward modelling on annotator rankings with ties."""

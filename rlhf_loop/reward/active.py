@@ -1,0 +1,122 @@
+"""Active selection: serve first the comparisons a human ranking would teach the model most.
+
+Two signals from the newest reward model, both cheap (one scoring pass per new comparison):
+- uncertainty: the smallest reward gap between two of the comparison's responses. A small gap
+  is a pair the model cannot yet order, so the human's answer moves it most.
+- middle difficulty: prompts whose mean reward sits far in either tail are ones the policy
+  already does very well or very badly on; their rankings say little about the boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+
+import sqlite_utils
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.reward.data import exchange_text
+from rlhf_loop.reward.model import flat_rewards, load_reward_model
+from rlhf_loop.store.db import write_txn
+from rlhf_loop.store.events import log_event
+from rlhf_loop.store.versions import latest_version
+
+DIFFICULTY_WEIGHT = 0.25  # how much a tail prompt is held back, against one gap's worth
+
+
+def selection_priority(rewards: list[list[float]]) -> list[float]:
+    """Higher = serve sooner. Gaps and means are scaled by the spread of all rewards, so the
+    priority reads the same whatever the reward model's scale."""
+    flat = [r for group in rewards for r in group]
+    spread = statistics.pstdev(flat) or 1.0
+    means = [statistics.fmean(group) for group in rewards]
+    centre = statistics.median(means)
+    priorities = []
+    for group, mean in zip(rewards, means, strict=True):
+        ordered = sorted(group)
+        min_gap = min(b - a for a, b in itertools.pairwise(ordered))
+        priorities.append(-min_gap / spread - DIFFICULTY_WEIGHT * abs(mean - centre) / spread)
+    return priorities
+
+
+@torch.inference_mode()
+def score_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    responses: list[str],
+    max_length: int,
+) -> list[float]:
+    tokenizer.truncation_side = "left"
+    inputs = tokenizer(
+        [exchange_text(tokenizer, prompt, r) for r in responses],
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+    )
+    return flat_rewards(model, dict(inputs)).tolist()
+
+
+def reprioritise(
+    db: sqlite_utils.Database,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    comparison_ids: list[int] | None = None,
+) -> int:
+    """Score comparisons nobody has been served yet (or the given ones); returns how many."""
+    where = "id NOT IN (SELECT comparison_id FROM assignments)"
+    if comparison_ids is not None:
+        where = f"id IN ({','.join(map(str, comparison_ids))})"
+    comparisons = list(db["comparisons"].rows_where(where))
+    if not comparisons:
+        return 0
+    rewards = []
+    for comparison in comparisons:
+        ids = json.loads(comparison["generation_ids"])
+        texts = {
+            g["id"]: g["text"]
+            for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
+        }
+        prompt = db["prompts"].get(comparison["prompt_id"])["text"]
+        rewards.append(
+            score_responses(model, tokenizer, prompt, [texts[i] for i in ids], max_length)
+        )
+    with write_txn(db):
+        for comparison, priority in zip(comparisons, selection_priority(rewards), strict=True):
+            db["comparisons"].update(comparison["id"], {"priority": priority})
+    return len(comparisons)
+
+
+class ActiveSelector:
+    """Keeps the newest reward model loaded in the worker and re-scores the unserved queue.
+
+    A version whose files are missing or unreadable is reported once and skipped: the queue
+    then stays in arrival order, which is what it would be without a reward model.
+    """
+
+    def __init__(self, device: str, max_length: int) -> None:
+        self.device, self.max_length = device, max_length
+        self.version: int | None = None
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    def refresh(self, db: sqlite_utils.Database) -> int:
+        """Re-score every unserved comparison with the newest usable reward model."""
+        latest = latest_version(db, "reward")
+        if latest is None:
+            return 0
+        if latest["version"] != self.version:
+            self.version = latest["version"]
+            try:
+                self.model, self.tokenizer, _ = load_reward_model(latest["path"], self.device)
+            except ModelLoadError as exc:
+                self.model = self.tokenizer = None
+                log_event(db, "reward_model_unusable", version=self.version, error=str(exc))
+        if self.model is None or self.tokenizer is None:
+            return 0
+        return reprioritise(db, self.model, self.tokenizer, self.max_length)

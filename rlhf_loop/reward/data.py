@@ -1,0 +1,95 @@
+"""Rankings as reward-model training data: one example per ranking, K texts each.
+
+The split into training and held-out sets is by prompt (a hash of its text), so a held-out
+ranking never shares a prompt with a training one and the held-out accuracy measures
+generalisation to new prompts, not memorised ones. The split is stable as data grows: a prompt
+never moves from held-out to training between versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import sqlite_utils
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_loop.export import ranking_records
+from rlhf_loop.model.prompting import format_prompt
+
+
+@dataclass(frozen=True)
+class RankingExample:
+    prompt: str
+    responses: list[str]
+    ranks: list[int]
+    prompt_label: str | None = None
+
+
+def load_rankings(db: sqlite_utils.Database) -> list[RankingExample]:
+    """Every live ranking (undone, skipped and flagged answers are not training data)."""
+    return [
+        RankingExample(
+            prompt=r["prompt"],
+            responses=[x["text"] for x in r["responses"]],
+            ranks=[x["rank"] for x in r["responses"]],
+            prompt_label=r["prompt_label"],
+        )
+        for r in ranking_records(db)
+    ]
+
+
+def is_held_out(prompt: str, fraction: float) -> bool:
+    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def split_held_out(
+    examples: list[RankingExample], fraction: float
+) -> tuple[list[RankingExample], list[RankingExample]]:
+    train = [e for e in examples if not is_held_out(e.prompt, fraction)]
+    held_out = [e for e in examples if is_held_out(e.prompt, fraction)]
+    return train, held_out
+
+
+def exchange_text(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> str:
+    """Prompt and response as the policy saw and wrote them: what the reward model judges."""
+    return f"{format_prompt(tokenizer, prompt)} {response}"
+
+
+@dataclass(frozen=True)
+class RankingBatch:
+    """B rankings flattened to one forward pass over all their responses.
+
+    ``rank_grid`` is [B, Kmax] with 0 where a ranking has fewer than Kmax responses, and
+    ``slots`` says where each flattened row's reward goes in that grid.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    rank_grid: torch.Tensor
+    slots: tuple[torch.Tensor, torch.Tensor]
+
+    def reward_grid(self, flat_rewards: torch.Tensor) -> torch.Tensor:
+        grid = flat_rewards.new_zeros(self.rank_grid.shape)
+        return grid.index_put(self.slots, flat_rewards)
+
+
+def collate(
+    examples: list[RankingExample], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> RankingBatch:
+    """Tokenise every response of every ranking once; long prompts lose their start."""
+    texts, rows, cols = [], [], []
+    k_max = max(len(e.responses) for e in examples)
+    rank_grid = torch.zeros(len(examples), k_max, dtype=torch.long)
+    for b, example in enumerate(examples):
+        for j, (response, rank) in enumerate(zip(example.responses, example.ranks, strict=True)):
+            texts.append(exchange_text(tokenizer, example.prompt, response))
+            rows.append(b)
+            cols.append(j)
+            rank_grid[b, j] = rank
+    tokenizer.truncation_side = "left"
+    inputs = tokenizer(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+    )
+    return RankingBatch(dict(inputs), rank_grid, (torch.tensor(rows), torch.tensor(cols)))

@@ -1,0 +1,80 @@
+"""The "train_reward" worker job: all live rankings -> a new registered reward-model version."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import sqlite_utils
+
+from rlhf_loop.config import Settings
+from rlhf_loop.job_runner import JobContext, JobError
+from rlhf_loop.reward.data import load_rankings, split_held_out
+from rlhf_loop.reward.model import load_backbone, save_reward_model
+from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
+from rlhf_loop.store.versions import latest_version, next_version, register_version
+
+KIND = "reward"
+
+
+def train_config(settings: Settings) -> RewardTrainConfig:
+    return RewardTrainConfig(
+        epochs=settings.reward_epochs,
+        lr=settings.reward_lr,
+        batch_rankings=settings.reward_batch_rankings,
+        max_length=settings.reward_max_length,
+        learn_ties=settings.reward_learn_ties,
+        prompt_aware=settings.reward_prompt_aware,
+    )
+
+
+def live_ranking_count(db: sqlite_utils.Database) -> int:
+    return db["rankings"].count_where("retracted_at IS NULL AND status = 'ranked'")
+
+
+def retrain_due(db: sqlite_utils.Database, settings: Settings) -> bool:
+    """The automatic policy: every ``reward_retrain_every`` rankings since the last version."""
+    if settings.reward_retrain_every <= 0:
+        return False
+    latest = latest_version(db, KIND)
+    used = latest["metrics"].get("rankings_used", 0) if latest else 0
+    return live_ranking_count(db) - used >= settings.reward_retrain_every
+
+
+def run_train_reward(ctx: JobContext) -> dict[str, Any]:
+    settings = ctx.settings
+    examples = load_rankings(ctx.db)
+    if not examples:
+        raise JobError("no rankings to train on yet: rank some items first")
+    train, held_out = split_held_out(examples, settings.reward_heldout_fraction)
+    if not train:
+        raise JobError(
+            f"all {len(examples)} rankings fell in the held-out share; rank more prompts"
+        )
+    backbone = ctx.policy_path if settings.reward_backbone == "policy" else settings.reward_backbone
+    ctx.progress(0.0, f"loading backbone for {len(train)} training rankings")
+    model, tokenizer = load_backbone(backbone, settings.device, settings.reward_lora_r)
+    config = train_config(settings)
+
+    def on_step(step: int, total: int, point: dict[str, float]) -> None:
+        ctx.progress(step / total, f"step {step}/{total}, loss {point['loss']:.4f}")
+        ctx.metrics(step, point)
+
+    outcome = train_reward_model(model, tokenizer, train, config, on_step)
+    ctx.progress(1.0, "evaluating on held-out rankings")
+    metrics = evaluate(model, tokenizer, held_out, outcome.log_nu, config) | {
+        "rankings_used": len(examples),
+        "train_rankings": len(train),
+        "final_loss": outcome.history[-1]["loss"],
+        "log_nu": outcome.log_nu,
+    }
+    ctx.metrics(outcome.steps, {k: v for k, v in metrics.items() if isinstance(v, float)})
+    version = next_version(ctx.db, KIND)
+    path = save_reward_model(
+        model,
+        tokenizer,
+        {"backbone": backbone, "config": dataclasses.asdict(config), "metrics": metrics},
+        settings.runs_dir / KIND / f"v{version}",
+    )
+    register_version(ctx.db, KIND, version, path, backbone, metrics)
+    return {"version": version, **metrics}
