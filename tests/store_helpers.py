@@ -33,3 +33,20 @@ def make_comparisons(db: sqlite_utils.Database, n: int, k: int = 4) -> list[int]
     ]
     version = live_policy_version(db, "fixed-texts")
     return add_comparisons(db, version, prompt_ids, samples, {"model": "fixed-texts", "k": k})
+
+
+def corpus_comparisons(db: sqlite_utils.Database, n: int, k: int = 4, seed: int = 0) -> list[int]:
+    """n comparisons of k distinct demo-corpus responses each: real texts, no model needed."""
+    from rlhf_loop.model.demo_corpus import demo_examples
+
+    by_prompt: dict[str, list[str]] = {}
+    for prompt, response in demo_examples(40 * n, seed=seed):
+        group = by_prompt.setdefault(prompt, [])
+        if response not in group:
+            group.append(response)
+    groups = [(p, rs[:k]) for p, rs in by_prompt.items() if len(rs) >= k][:n]
+    add_texts(db, [p for p, _ in groups])
+    ids = {r["text"]: r["id"] for r in db["prompts"].rows}
+    samples = [[Sample(t, len(t.split()), True) for t in rs] for _, rs in groups]
+    version = live_policy_version(db, "corpus")
+    return add_comparisons(db, version, [ids[p] for p, _ in groups], samples, {"model": "corpus"})
