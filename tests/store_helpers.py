@@ -50,3 +50,15 @@ def corpus_comparisons(db: sqlite_utils.Database, n: int, k: int = 4, seed: int 
     samples = [[Sample(t, len(t.split()), True) for t in rs] for _, rs in groups]
     version = live_policy_version(db, "corpus")
     return add_comparisons(db, version, [ids[p] for p, _ in groups], samples, {"model": "corpus"})
+
+
+def oracle_rankings(db: sqlite_utils.Database, n: int, seed: int = 0) -> list:
+    """n corpus comparisons ranked by a simulated annotator who prefers ~5-word answers (a
+    preference the tiny demo backbone can learn), with noise and ties, through the store."""
+    from rlhf_loop.reward.data import load_rankings
+    from rlhf_loop.simulate import LengthOracle, SimulatedAnnotator, annotate
+
+    corpus_comparisons(db, n, seed=seed)
+    oracle = LengthOracle(target_words=5)
+    annotate(db, "oracle", SimulatedAnnotator(oracle, noise=0.3, tie_threshold=0.5, seed=seed), n)
+    return load_rankings(db)

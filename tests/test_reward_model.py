@@ -7,31 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from store_helpers import corpus_comparisons, fresh_db
+from store_helpers import corpus_comparisons, fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
 from rlhf_loop.reward.active import reprioritise, score_responses, selection_priority
-from rlhf_loop.reward.data import RankingExample, load_rankings, split_held_out
+from rlhf_loop.reward.data import RankingExample, split_held_out
 from rlhf_loop.reward.job import retrain_due, run_train_reward
 from rlhf_loop.reward.model import load_backbone, load_reward_model, save_reward_model
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
-from rlhf_loop.simulate import LengthOracle, SimulatedAnnotator, annotate
 from rlhf_loop.store import jobs
 from rlhf_loop.store.tasks import next_task
 from rlhf_loop.store.versions import latest_version
 
-# A preference the tiny demo backbone can learn: answers close to five words.
-ORACLE = LengthOracle(target_words=5)
 CONFIG = RewardTrainConfig(epochs=4, lr=1e-3, batch_rankings=8, max_length=64)
-
-
-def oracle_rankings(db, n: int, seed: int = 0) -> list[RankingExample]:
-    corpus_comparisons(db, n, seed=seed)
-    annotator = SimulatedAnnotator(ORACLE, noise=0.3, tie_threshold=0.5, seed=seed)
-    annotate(db, "oracle", annotator, n)
-    return load_rankings(db)
 
 
 class Progress:

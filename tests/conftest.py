@@ -1,0 +1,33 @@
+"""Shared fixtures: one demo model per machine, reused by every test run.
+
+The model lives in a cache outside the test's tmp dirs so that only the first run on a machine pays
+for pre-training; its spec is the one ``Settings(demo_pretrain_steps=TEST_PRETRAIN_STEPS)`` gives,
+so an app or worker started with ``RLHF_LOOP_DEMO_PRETRAIN_STEPS=TEST_PRETRAIN_STEPS`` and
+``RLHF_LOOP_MODEL_CACHE_DIR=<demo_model_path.parent>`` finds the same model instead of building.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlhf_loop.config import Settings
+from rlhf_loop.model.demo_build import DemoSpec, ensure_demo_model, spec_from_settings
+
+# Fewer steps than the app's default (fast first run), still enough to answer in the Q/A format.
+TEST_PRETRAIN_STEPS = 300
+TEST_MODEL_CACHE = Path(
+    os.environ.get("RLHF_LOOP_TEST_MODEL_CACHE", Path.home() / ".cache" / "rlhf-loop-test")
+).expanduser()
+
+
+@pytest.fixture(scope="session")
+def demo_spec() -> DemoSpec:
+    return spec_from_settings(Settings(demo_pretrain_steps=TEST_PRETRAIN_STEPS))
+
+
+@pytest.fixture(scope="session")
+def demo_model_path(demo_spec: DemoSpec) -> Path:
+    return ensure_demo_model(TEST_MODEL_CACHE, demo_spec)
