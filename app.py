@@ -9,6 +9,7 @@ navigation = st.navigation(
     [
         st.Page("pages/rank.py", title="Rank", icon=":material/sort:", default=True),
         st.Page("pages/data.py", title="Data", icon=":material/database:"),
+        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
     ]
 )
 start_worker_if_needed()

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+# torch's OpenMP threads spin while waiting; beside the app (or a second worker) on a small
+# machine that spinning starves the other process. Passive waiting costs little when alone.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from rlhf_loop.config import ConfigError, load_settings
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# Tests start workers and Streamlit beside this process on 2 cores: spinning OpenMP threads
+# would starve them (see rlhf_loop/__main__.py). Set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 from rlhf_loop.config import Settings
