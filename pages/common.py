@@ -14,7 +14,7 @@ from rlhf_loop.store.annotators import AnnotatorNameError, annotator_id, clean_n
 from rlhf_loop.store.db import StoreError, open_db
 from rlhf_loop.store.leases import live_holder
 from rlhf_loop.worker import LEASE
-from rlhf_loop.worker_launch import ensure_worker
+from rlhf_loop.worker_launch import ensure_worker, recent_failure
 
 
 def settings() -> Settings:
@@ -45,6 +45,28 @@ def start_worker_if_needed() -> None:
 
 def worker_status() -> dict | None:
     return live_holder(database(), LEASE, settings().lease_timeout_s)
+
+
+def show_worker_state() -> None:
+    """The worker's status line and progress, or why it is not running (and start it)."""
+    status = worker_status()
+    if status is None:
+        failure = recent_failure(database())
+        if failure:
+            st.error("The background worker stopped with an error (see worker.log):")
+            st.text(failure)
+        elif settings().auto_start_worker:
+            st.info("No worker is running; starting one…")
+        else:
+            st.info("No worker is running; start one with: python -m rlhf_loop worker")
+        start_worker_if_needed()
+        return
+    label = status.get("status") or "working"
+    progress = status.get("progress")
+    if progress is None:
+        st.text(label)
+    else:
+        st.progress(min(max(float(progress), 0.0), 1.0), text=label)
 
 
 def current_annotator() -> tuple[int, str] | None:

@@ -7,7 +7,13 @@ never as Markdown or HTML.
 
 import streamlit as st
 
-from pages.common import ask_annotator_name, current_annotator, database, settings, worker_status
+from pages.common import (
+    ask_annotator_name,
+    current_annotator,
+    database,
+    settings,
+    show_worker_state,
+)
 from rlhf_loop.ranking import RankingError, describe_ranking, ranks_from_inputs, response_labels
 from rlhf_loop.store.submissions import (
     DuplicateSubmission,
@@ -66,17 +72,8 @@ def wait_for_items() -> None:
     """Shown only while the queue is empty: the worker's progress, until an item is ready."""
     if tasks_left_for(db, annotator, config.overlap, config.assignment_timeout_s):
         st.rerun(scope="app")
-    status = worker_status()
-    if status is None:
-        st.info("No items to rank, and no worker is running. Starting one…")
-        return
     st.info("No items ready yet; the worker is preparing them.")
-    progress = status.get("progress")
-    label = status.get("status") or "working"
-    if progress is None:
-        st.text(label)
-    else:
-        st.progress(min(max(float(progress), 0.0), 1.0), text=label)
+    show_worker_state()
 
 
 def on_rank(comparison_id: int, k: int) -> None:

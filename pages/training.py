@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import database, settings, worker_status
+from pages.common import database, settings, show_worker_state
 from rlhf_loop.reports import jobs_table, metric_columns, reward_versions_table, running_job
 from rlhf_loop.store.jobs import enqueue
 
@@ -25,12 +25,8 @@ right.caption(
 @st.fragment(run_every=2.0)
 def live() -> None:
     """Worker state and the running job's curves, refreshed every two seconds."""
-    status = worker_status()
-    if status is None:
-        st.warning("No worker is running; queued jobs wait until one starts.")
-    else:
-        st.caption("Worker")
-        st.text(status.get("status") or "")
+    st.caption("Worker")
+    show_worker_state()
     job = running_job(db)
     if job is not None:
         st.subheader(f"Job {job['id']}: {job['kind']}")

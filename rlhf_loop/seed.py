@@ -8,7 +8,7 @@ from rlhf_loop.model.demo_corpus import demo_prompts
 from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
 from rlhf_loop.store.prompts import ImportReport, add_prompts, prompt_count
 
-DEMO_PROMPT_COUNT = 300
+DEMO_PROMPT_COUNT = 200  # of the 220 the demo world has; the rest stay unseen
 
 
 def seed_demo_prompts(db: sqlite_utils.Database) -> ImportReport | None:

@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs, leases
 from rlhf_loop.store.db import open_db
+from rlhf_loop.store.events import log_event
 
 LEASE = "worker"
+FAILED_EVENT = "worker_failed"
 TOKEN_ENV = "RLHF_LOOP_WORKER_TOKEN"
 IDLE_POLL_S = 0.5
 
@@ -67,6 +69,9 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
     threading.Thread(target=beat.run, daemon=True, name="heartbeat").start()
     try:
         _serve(db, settings, beat, idle_exit_s)
+    except Exception as exc:
+        log_event(db, FAILED_EVENT, error=f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         beat.stopped.set()
         if not beat.lost.is_set():

@@ -17,7 +17,11 @@ import sqlite_utils
 
 from rlhf_loop.config import ENV_PREFIX, Settings
 from rlhf_loop.store import leases
-from rlhf_loop.worker import LEASE, TOKEN_ENV, new_holder
+from rlhf_loop.store.db import now
+from rlhf_loop.store.events import last_event
+from rlhf_loop.worker import FAILED_EVENT, LEASE, TOKEN_ENV, new_holder
+
+RESPAWN_PAUSE_S = 30.0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -32,10 +36,18 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def recent_failure(db: sqlite_utils.Database) -> str | None:
+    """The error of a worker that died in the last RESPAWN_PAUSE_S seconds, if one did."""
+    event = last_event(db, FAILED_EVENT, now() - RESPAWN_PAUSE_S)
+    return event["payload"]["error"] if event else None
+
+
 def ensure_worker(db: sqlite_utils.Database, settings: Settings) -> int | None:
     """Spawn a worker if the lease is free; returns its pid, or None if one is alive already."""
     if leases.live_holder(db, LEASE, settings.lease_timeout_s):
         return None  # the common case, answered by a read: no write lock on every page run
+    if recent_failure(db):
+        return None  # a worker that fails at start would otherwise be respawned every rerun
     token = new_holder()
     if not leases.acquire(db, LEASE, token, os.getpid(), settings.lease_timeout_s):
         return None

@@ -12,6 +12,7 @@ from streamlit.testing.v1 import AppTest
 from rlhf_loop.sampler import Sample
 from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.generations import add_comparisons, live_policy_version
+from rlhf_loop.store.versions import register_version
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SCRIPT = "<script>alert('x')</script>"
@@ -128,7 +129,9 @@ def test_a_reload_shows_the_same_item_and_a_stale_double_submit_is_refused(data_
 def test_empty_queue_says_so(data_dir: Path) -> None:
     fresh_db(data_dir)
     at = rank_page()
-    assert "no worker is running" in at.info[0].value
+    messages = [i.value for i in at.info]
+    assert "No items ready yet" in messages[0]
+    assert "start one with: python -m rlhf_loop worker" in messages[1]
 
 
 def test_data_page_imports_and_refuses_a_malformed_file_whole(data_dir: Path) -> None:
@@ -156,3 +159,18 @@ def test_data_page_counts_and_offers_both_exports(data_dir: Path) -> None:
         "Full rankings (JSONL)",
         "Chosen/rejected pairs for TRL (JSONL)",
     ]
+
+
+def test_training_page_queues_a_retrain_once_and_lists_versions(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.switch_page("pages/training.py").run()
+    assert "No reward model yet" in at.caption[-1].value
+    button = next(b for b in at.button if b.label == "Train reward model now")
+    button.click().run()
+    next(b for b in at.button if b.label == "Train reward model now").click().run()
+    assert [(j["kind"], j["status"]) for j in db["jobs"].rows] == [("train_reward", "queued")]
+    register_version(db, "reward", 1, data_dir / "v1", "demo", {"pairwise_accuracy": 0.9})
+    at.run()
+    versions = at.dataframe[-1].value
+    assert list(versions["version"]) == [1] and list(versions["pairwise accuracy"]) == [0.9]

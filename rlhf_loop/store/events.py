@@ -21,3 +21,12 @@ def log_event(
             "payload": json.dumps(payload, sort_keys=True),
         }
     )
+
+
+def last_event(db: sqlite_utils.Database, kind: str, since: float) -> dict[str, Any] | None:
+    """The newest event of ``kind`` at or after ``since``, payload decoded."""
+    rows = db["events"].rows_where(
+        "kind = ? AND at >= ?", [kind, since], order_by="id DESC", limit=1
+    )
+    row = next(iter(rows), None)
+    return {**row, "payload": json.loads(row["payload"])} if row else None
