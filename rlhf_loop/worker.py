@@ -89,7 +89,12 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
 
         seed_demo_prompts(db)
     beat.report("loading the policy model")
-    path = resolve_model_path(settings, on_progress=lambda stage, f: beat.report(stage, f))
+    path = resolve_model_path(
+        settings,
+        on_progress=lambda stage, f: beat.report(
+            f"building the demo model (first start only): {stage}", f
+        ),
+    )
     model, tokenizer = load_causal_lm(path, settings.device)
     params = SamplingParams.from_settings(settings)
     selector = _selector(settings)
