@@ -15,6 +15,7 @@ from pages.common import (
     show_worker_state,
 )
 from rlhf_loop.ranking import RankingError, describe_ranking, ranks_from_inputs, response_labels
+from rlhf_loop.store.db import StoreError
 from rlhf_loop.store.submissions import (
     DuplicateSubmission,
     Status,
@@ -94,7 +95,7 @@ def answer(comparison_id: int, status: Status, done: str, **details: object) -> 
         submit(db, annotator, comparison_id, status, **details)
     except DuplicateSubmission as exc:
         flash("warning", str(exc))
-    except RankingError as exc:
+    except (RankingError, StoreError) as exc:
         st.session_state["refused"] = (comparison_id, str(exc))
     else:
         flash("success", done)
@@ -161,7 +162,11 @@ def actions(task: Task) -> None:
         st.form_submit_button("Flag this item", on_click=on_flag, args=(cid,))
 
 
-task = next_task(db, annotator, config.overlap, config.assignment_timeout_s)
+try:
+    task = next_task(db, annotator, config.overlap, config.assignment_timeout_s)
+except StoreError as exc:
+    st.error(f"{exc}. Reload the page in a moment.")
+    st.stop()
 header()
 show_flash()
 if task is None:

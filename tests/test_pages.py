@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,22 @@ def test_training_page_queues_a_retrain_once_and_lists_versions(data_dir: Path) 
     at.run()
     versions = at.dataframe[-1].value
     assert list(versions["version"]) == [1] and list(versions["pairwise accuracy"]) == [0.9]
+
+
+def test_a_locked_database_refuses_the_submit_and_keeps_the_typed_ranking(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 2)
+    monkeypatch.setattr("rlhf_loop.store.db.BUSY_TIMEOUT_S", 0.2)
+    at = rank_page()
+    blocker = sqlite3.connect(data_dir / "rlhf.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    at.text_input(key="typed-1").input("1 2 2 3")
+    at.button[0].click().run()
+    assert "database is busy" in at.error[0].value
+    blocker.execute("COMMIT")
+    assert db["rankings"].count == 0
+    assert at.text_input(key="typed-1").value == "1 2 2 3"  # nothing the annotator typed is lost
+    at.button[0].click().run()
+    assert json.loads(db["rankings"].get(1)["ranks"]) == [1, 2, 2, 3]

@@ -127,8 +127,8 @@ def test_training_with_no_rankings_fails_with_a_message(
 
 
 def test_active_selection_puts_uncertain_items_first(tmp_path: Path, demo_model_path: Path) -> None:
-    close, wide = selection_priority([[0.0, 0.05, 2.0], [0.0, 1.0, 2.0]])
-    assert close > wide  # two responses the model can hardly tell apart
+    close, wide = selection_priority([[0.0, 0.1, 0.2], [0.0, 2.0, 4.0]])
+    assert close > wide  # responses the model can hardly order
     low, middle, tail = selection_priority([[0.0, 1.0], [0.5, 1.5], [10.0, 11.0]])
     assert middle > low > tail  # equal gaps: prompts of middle difficulty first
     db = fresh_db(tmp_path)

@@ -1,8 +1,10 @@
 """Active selection: serve first the comparisons a human ranking would teach the model most.
 
 Two signals from the newest reward model, both cheap (one scoring pass per new comparison):
-- uncertainty: the smallest reward gap between two of the comparison's responses. A small gap
-  is a pair the model cannot yet order, so the human's answer moves it most.
+- uncertainty: how unsure the model is of the order of the comparison's responses, averaged
+  over all pairs (the entropy of each pair's Bradley-Terry probability). Measured on demo data,
+  the quarter of items it ranks first holds more of the model's ordering errors than the rest,
+  which the smallest single gap did not: it favoured near-duplicates, whose truth is a tie.
 - middle difficulty: prompts whose mean reward sits far in either tail are ones the policy
   already does very well or very badly on; their rankings say little about the boundary.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import statistics
 
 import sqlite_utils
@@ -24,22 +27,28 @@ from rlhf_loop.store.db import write_txn
 from rlhf_loop.store.events import log_event
 from rlhf_loop.store.versions import latest_version
 
-DIFFICULTY_WEIGHT = 0.25  # how much a tail prompt is held back, against one gap's worth
+DIFFICULTY_WEIGHT = 0.1  # nats of pair entropy given up per standard deviation off-centre
+
+
+def _pair_entropy(gap: float) -> float:
+    """Entropy (nats) of the Bradley-Terry order of two responses with this reward gap."""
+    p = 1.0 / (1.0 + math.exp(-abs(gap)))
+    return -(p * math.log(p) + (1.0 - p) * math.log1p(-p)) if p < 1.0 else 0.0
 
 
 def selection_priority(rewards: list[list[float]]) -> list[float]:
-    """Higher = serve sooner. Gaps and means are scaled by the spread of all rewards, so the
-    priority reads the same whatever the reward model's scale."""
+    """Higher = serve sooner: the mean uncertainty of the model's order over all pairs of a
+    comparison (its own probabilities, so the reward scale counts), less a penalty for prompts
+    in the tails of difficulty, scaled by the spread of all rewards."""
     flat = [r for group in rewards for r in group]
     spread = statistics.pstdev(flat) or 1.0
     means = [statistics.fmean(group) for group in rewards]
     centre = statistics.median(means)
-    priorities = []
-    for group, mean in zip(rewards, means, strict=True):
-        ordered = sorted(group)
-        min_gap = min(b - a for a, b in itertools.pairwise(ordered))
-        priorities.append(-min_gap / spread - DIFFICULTY_WEIGHT * abs(mean - centre) / spread)
-    return priorities
+    return [
+        statistics.fmean(_pair_entropy(a - b) for a, b in itertools.combinations(group, 2))
+        - DIFFICULTY_WEIGHT * abs(mean - centre) / spread
+        for group, mean in zip(rewards, means, strict=True)
+    ]
 
 
 @torch.inference_mode()

@@ -10,7 +10,7 @@ import sqlite_utils
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.reward.data import load_rankings, split_held_out
-from rlhf_loop.reward.model import load_backbone, save_reward_model
+from rlhf_loop.reward.model import load_backbone, resolve_backbone, save_reward_model
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
 from rlhf_loop.store.versions import latest_version, next_version, register_version
 
@@ -51,7 +51,11 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         raise JobError(
             f"all {len(examples)} rankings fell in the held-out share; rank more prompts"
         )
-    backbone = ctx.policy_path if settings.reward_backbone == "policy" else settings.reward_backbone
+    backbone = (
+        ctx.policy_path
+        if settings.reward_backbone == "policy"
+        else resolve_backbone(settings.reward_backbone)
+    )
     ctx.progress(0.0, f"loading backbone for {len(train)} training rankings")
     model, tokenizer = load_backbone(backbone, settings.device, settings.reward_lora_r)
     config = train_config(settings)

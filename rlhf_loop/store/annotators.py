@@ -31,10 +31,18 @@ def clean_name(name: str) -> str:
 def annotator_id(db: sqlite_utils.Database, name: str, role: str = "annotator") -> int:
     """The id of ``name``, registering it on first use."""
     name = clean_name(name)
+    known = _lookup(db, name)  # the common case, a read: no write lock on every page run
+    if known is not None:
+        return known
     with write_txn(db):
-        rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
-        if rows:
-            return rows[0]["id"]
+        known = _lookup(db, name)
+        if known is not None:
+            return known
         new_id = db["annotators"].insert({"name": name, "role": role, "created_at": now()}).last_pk
         log_event(db, "annotator_added", new_id, name=name, role=role)
         return new_id
+
+
+def _lookup(db: sqlite_utils.Database, name: str) -> int | None:
+    rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
+    return rows[0]["id"] if rows else None

@@ -29,14 +29,16 @@ def now() -> float:
     return time.time()
 
 
-def open_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating if needed) the database at ``path`` and bring its schema up to date."""
+def open_db(path: str | Path, busy_timeout_s: float | None = None) -> sqlite_utils.Database:
+    """Open (creating if needed) the database at ``path`` and bring its schema up to date.
+
+    A writer waits up to ``busy_timeout_s`` (default BUSY_TIMEOUT_S) for another one's lock.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    timeout = BUSY_TIMEOUT_S if busy_timeout_s is None else busy_timeout_s
     try:
-        conn = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
@@ -58,7 +60,8 @@ def write_txn(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         db.conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         raise StoreError(
-            f"the database is busy (another writer held it for {BUSY_TIMEOUT_S:.0f} s): {exc}"
+            f"the database is busy: another process held its write lock too long ({exc}); "
+            "nothing was written, try again"
         ) from None
     try:
         yield db

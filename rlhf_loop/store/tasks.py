@@ -73,9 +73,16 @@ def _open_assignment(db: sqlite_utils.Database, annotator: int) -> tuple[int, fl
 def next_task(
     db: sqlite_utils.Database, annotator: int, overlap: int, assignment_timeout_s: float
 ) -> Task | None:
-    """The task this annotator is on, or a newly claimed one; None when the queue is empty."""
+    """The task this annotator is on, or a newly claimed one; None when the queue is empty.
+
+    The task already on screen is found by a read, which WAL never blocks: a reload or a refused
+    submit shows it again even while another process holds the write lock.
+    """
+    current = _open_assignment(db, annotator)
+    if current:
+        return load_task(db, *current)
     with write_txn(db):
-        current = _open_assignment(db, annotator)
+        current = _open_assignment(db, annotator)  # a second tab may have claimed one meanwhile
         if current:
             return load_task(db, *current)
         served_at = now()
