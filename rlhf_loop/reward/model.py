@@ -9,10 +9,12 @@ saved version loads with plain transformers and nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device
 
@@ -55,13 +58,24 @@ def load_backbone(
     half types on CPUs, and the head is tiny)."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+        with _quiet_transformers():  # the head is new by design: no "MISSING weights" report
+            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"cannot load reward backbone {name_or_path!r}: {exc}") from exc
     _set_padding(model, tokenizer)
     if lora_r > 0:
         model = _with_lora(model, lora_r)
     return model.to(resolve_device(device)), tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers_logging.set_verbosity(previous)
 
 
 def _set_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
