@@ -89,6 +89,34 @@ class Settings:
     # Serve first the items the reward model is least sure about.
     active_selection: bool = True
 
+    # PPO round: rollout batches ("steps") per round, prompts per batch, samples per prompt.
+    ppo_steps: int = 8
+    ppo_batch_prompts: int = 16
+    ppo_samples_per_prompt: int = 2
+    # Optimisation: passes over each rollout batch, minibatch size in sequences, learning rate.
+    ppo_epochs: int = 2
+    ppo_minibatch: int = 16
+    ppo_lr: float = 1e-3
+    ppo_lora_r: int = 8
+    # Clipping of the policy ratio and of the value change; weight of the value loss.
+    ppo_clip: float = 0.2
+    ppo_clip_value: float = 0.2
+    ppo_vf_coef: float = 0.1
+    # GAE discount and trace decay.
+    ppo_gamma: float = 1.0
+    ppo_lambda: float = 0.95
+    # Per-token KL penalty coefficient; with ppo_kl_target > 0 it adapts toward that KL.
+    ppo_kl_coef: float = 0.05
+    ppo_kl_target: float = 0.0
+    # Subtracted from the score of a response that hits the length limit without ending.
+    ppo_missing_eos_penalty: float = 1.0
+    # 0: the reference is the frozen base; else the decay of an EMA of the policy's adapter.
+    ppo_ema_reference: float = 0.0
+    # Held-out prompts for each round's before/after evaluation.
+    ppo_eval_prompts: int = 24
+    # Start a PPO round automatically after each reward-model retrain.
+    ppo_after_reward: bool = True
+
     @property
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()
@@ -129,6 +157,21 @@ class Settings:
             (self.reward_max_length >= 8, "reward_max_length must be >= 8"),
             (0 <= self.reward_heldout_fraction < 1, "reward_heldout_fraction must be in [0, 1)"),
             (self.reward_retrain_every >= 0, "reward_retrain_every must be >= 0"),
+            (self.ppo_steps >= 1, "ppo_steps must be >= 1"),
+            (self.ppo_batch_prompts >= 1, "ppo_batch_prompts must be >= 1"),
+            (self.ppo_samples_per_prompt >= 1, "ppo_samples_per_prompt must be >= 1"),
+            (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
+            (self.ppo_minibatch >= 1, "ppo_minibatch must be >= 1"),
+            (self.ppo_lr > 0, "ppo_lr must be > 0"),
+            (self.ppo_lora_r >= 1, "ppo_lora_r must be >= 1"),
+            (self.ppo_clip > 0 and self.ppo_clip_value > 0, "PPO clip ranges must be > 0"),
+            (
+                0 < self.ppo_gamma <= 1 and 0 <= self.ppo_lambda <= 1,
+                "ppo_gamma, ppo_lambda in (0, 1]",
+            ),
+            (self.ppo_kl_coef >= 0 and self.ppo_kl_target >= 0, "KL settings must be >= 0"),
+            (0 <= self.ppo_ema_reference < 1, "ppo_ema_reference must be in [0, 1)"),
+            (self.ppo_eval_prompts >= 1, "ppo_eval_prompts must be >= 1"),
             (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),
         ]
         for ok, message in checks:

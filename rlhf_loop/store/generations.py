@@ -9,26 +9,12 @@ import sqlite_utils
 
 from rlhf_loop.sampler import Sample
 from rlhf_loop.store.db import now, write_txn
-from rlhf_loop.store.events import log_event
+from rlhf_loop.store.versions import live_policy
 
 
 def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
-    """The newest policy version on ``base_model``, registering the bare base model as one."""
-    with write_txn(db):
-        rows = db["model_versions"].rows_where(
-            "kind = 'policy' AND base_model = ?", [base_model], order_by="version DESC", limit=1
-        )
-        row = next(iter(rows), None)
-        if row:
-            return row["version"]
-        version = db.execute(
-            "SELECT coalesce(max(version) + 1, 0) FROM model_versions WHERE kind = 'policy'"
-        ).fetchone()[0]
-        db["model_versions"].insert(
-            {"kind": "policy", "version": version, "base_model": base_model, "created_at": now()}
-        )
-        log_event(db, "policy_registered", version=version, base_model=base_model)
-        return version
+    """The version the sampler serves on ``base_model`` (the bare base model is version 0)."""
+    return live_policy(db, base_model)["version"]
 
 
 def prompts_to_sample(

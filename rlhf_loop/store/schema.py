@@ -186,7 +186,16 @@ def _v2_jobs(db: sqlite_utils.Database) -> None:
     db["comparisons"].create_index(["priority"])
 
 
-MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs]
+def _v3_live_policy(db: sqlite_utils.Database) -> None:
+    """Which policy version the sampler serves: the newest, unless an operator rolled back."""
+    db["model_versions"].add_column("live", int, not_null_default=0)
+    db.execute(
+        "UPDATE model_versions SET live = 1 WHERE kind = 'policy' AND version IN "
+        "(SELECT max(version) FROM model_versions WHERE kind = 'policy' GROUP BY base_model)"
+    )
+
+
+MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs, _v3_live_policy]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

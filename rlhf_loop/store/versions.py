@@ -23,12 +23,17 @@ def register_version(
     db: sqlite_utils.Database,
     kind: str,
     version: int,
-    path: Path,
+    path: Path | None,
     base_model: str,
     metrics: dict[str, Any],
+    parent_id: int | None = None,
+    live: bool = False,
 ) -> int:
-    """Call after the artefact's directory is complete (renamed into place)."""
+    """Call after the artefact's directory is complete (renamed into place). A policy registered
+    ``live`` becomes the one the sampler serves, in the same transaction."""
     with write_txn(db):
+        if live:
+            _clear_live(db, base_model)
         row_id = (
             db["model_versions"]
             .insert(
@@ -36,15 +41,60 @@ def register_version(
                     "kind": kind,
                     "version": version,
                     "base_model": base_model,
-                    "path": str(path),
+                    "path": None if path is None else str(path),
                     "metrics": json.dumps(metrics, sort_keys=True),
+                    "parent_id": parent_id,
+                    "live": int(live),
                     "created_at": now(),
                 }
             )
             .last_pk
         )
-        log_event(db, "model_registered", model_kind=kind, version=version, path=str(path))
+        log_event(db, "model_registered", model_kind=kind, version=version, live=live)
     return row_id
+
+
+def _clear_live(db: sqlite_utils.Database, base_model: str) -> None:
+    for row in db["model_versions"].rows_where(
+        "kind = 'policy' AND base_model = ? AND live = 1", [base_model]
+    ):
+        db["model_versions"].update(row["id"], {"live": 0})
+
+
+def live_policy(db: sqlite_utils.Database, base_model: str) -> dict[str, Any]:
+    """The policy the sampler serves on ``base_model``; the bare base model (version 0, no
+    adapter) is registered on first use."""
+    with write_txn(db):
+        rows = db["model_versions"].rows_where(
+            "kind = 'policy' AND base_model = ? AND live = 1", [base_model], limit=1
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            version = db.execute(
+                "SELECT coalesce(max(version) + 1, 0) FROM model_versions WHERE kind = 'policy'"
+            ).fetchone()[0]
+            register_version(db, "policy", version, None, base_model, {}, live=True)
+            row = next(
+                iter(db["model_versions"].rows_where("kind = 'policy' AND version = ?", [version]))
+            )
+    return _with_metrics(row)
+
+
+def set_live_policy(db: sqlite_utils.Database, version: int) -> dict[str, Any]:
+    """Roll forward or back to ``version``; refused when its files are gone."""
+    with write_txn(db):
+        rows = db["model_versions"].rows_where("kind = 'policy' AND version = ?", [version])
+        row = next(iter(rows), None)
+        if row is None:
+            raise ValueError(f"there is no policy version {version}")
+        if row["path"] is not None and not Path(row["path"]).is_dir():
+            raise ValueError(
+                f"policy v{version}'s files are missing at {row['path']}; it cannot be made live"
+            )
+        _clear_live(db, row["base_model"])
+        db["model_versions"].update(row["id"], {"live": 1})
+        log_event(db, "policy_made_live", version=version)
+    return _with_metrics({**row, "live": 1})
 
 
 def latest_version(db: sqlite_utils.Database, kind: str) -> dict[str, Any] | None:

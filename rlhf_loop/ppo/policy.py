@@ -1,0 +1,171 @@
+"""The PPO policy: one copy of the base weights carrying a trainable LoRA adapter and a value head.
+
+- policy    = base + adapter "default" (trainable)
+- reference = the same model with the adapter disabled (or, with an EMA reference, a second
+              adapter "reference" that trails the policy's), so no second copy of the base
+- value     = a linear head on the policy's last hidden state (shared backbone)
+
+A saved version is the adapter (peft's own format, loadable by ``PeftModel.from_pretrained``),
+the value head's weights and a metadata file, written to a temporary directory and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
+
+VALUE_HEAD_FILE = "value_head.pt"
+META_FILE = "policy_meta.json"
+REFERENCE = "reference"
+
+
+@dataclass
+class Policy:
+    model: PeftModel
+    value_head: torch.nn.Linear
+    tokenizer: PreTrainedTokenizerBase
+    ema_reference: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.weight.device
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        adapter = [
+            p for n, p in self.model.named_parameters() if p.requires_grad and REFERENCE not in n
+        ]
+        return adapter + list(self.value_head.parameters())
+
+    def adapter_parameters(self, name: str) -> list[torch.Tensor]:
+        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n]
+
+
+def _lora_config(r: int) -> LoraConfig:
+    return LoraConfig(
+        task_type=TaskType.CAUSAL_LM,
+        r=r,
+        lora_alpha=2 * r,
+        lora_dropout=0.0,  # PPO's ratio needs the same log-probs at rollout and update
+        target_modules="all-linear",
+    )
+
+
+def _value_head(model: PeftModel, device: torch.device) -> torch.nn.Linear:
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.nn.init.zeros_(head.weight)  # start at value 0: no false confidence at round start
+    torch.nn.init.zeros_(head.bias)
+    return head.to(device)
+
+
+def new_policy(base_path: str, device: str, lora_r: int, ema_reference: bool = False) -> Policy:
+    """Base + a fresh adapter (which starts as the identity: LoRA's B is zero)."""
+    base, tokenizer = load_causal_lm(base_path, device)
+    model = get_peft_model(base, _lora_config(lora_r))
+    policy = Policy(model, _value_head(model, base.device), tokenizer, ema_reference)
+    if ema_reference:
+        _add_reference_adapter(policy, lora_r)
+    return policy
+
+
+def load_policy(
+    base_path: str, version_dir: str | Path, device: str, ema_reference: bool = False
+) -> Policy:
+    """A saved version, trainable again (a round continues from the live policy)."""
+    version_dir = Path(version_dir)
+    if not (version_dir / META_FILE).is_file():
+        raise ModelLoadError(f"policy files are missing at {version_dir}")
+    base, tokenizer = load_causal_lm(base_path, device)
+    model = PeftModel.from_pretrained(base, version_dir, is_trainable=True)
+    head = _value_head(model, base.device)
+    head.load_state_dict(torch.load(version_dir / VALUE_HEAD_FILE, map_location=base.device))
+    meta = json.loads((version_dir / META_FILE).read_text())
+    policy = Policy(model, head, tokenizer, ema_reference)
+    if ema_reference:
+        _add_reference_adapter(policy, meta["lora_r"])
+    return policy
+
+
+def _add_reference_adapter(policy: Policy, lora_r: int) -> None:
+    """A frozen copy of the policy's adapter that an EMA will move slowly after it."""
+    policy.model.add_adapter(REFERENCE, _lora_config(lora_r))
+    with torch.no_grad():
+        for ref, cur in zip(
+            policy.adapter_parameters(REFERENCE), policy.adapter_parameters("default"), strict=True
+        ):
+            ref.copy_(cur)
+            ref.requires_grad_(False)
+    policy.model.set_adapter("default")
+
+
+def save_policy(policy: Policy, final_dir: Path, meta: dict[str, Any]) -> Path:
+    """Adapter + value head + metadata, complete before it appears under its final name."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
+    try:
+        policy.model.save_pretrained(tmp, selected_adapters=["default"])
+        torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+        if final_dir.exists():  # an unregistered leftover of a crash after the rename
+            shutil.rmtree(final_dir)
+        os.replace(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final_dir
+
+
+def merged_model(base_path: str, version_dir: str | Path, out_dir: Path) -> Path:
+    """Base with the version's adapter merged in, saved as a plain transformers model."""
+    base, tokenizer = load_causal_lm(base_path, "cpu")
+    merged = PeftModel.from_pretrained(base, version_dir).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def forward(
+    policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_values: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits (and values) at every position of query+response, under the policy's adapter."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = policy.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=with_values,
+    )
+    values = policy.value_head(out.hidden_states[-1]).squeeze(-1) if with_values else None
+    return out.logits, values
+
+
+@torch.no_grad()
+def reference_logits(
+    policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits of the reference: the bare base, or the EMA adapter when that option is on."""
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if policy.ema_reference:
+        policy.model.set_adapter(REFERENCE)
+        try:
+            return policy.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+            ).logits
+        finally:
+            policy.model.set_adapter("default")
+            for p in policy.adapter_parameters(REFERENCE):
+                p.requires_grad_(False)
+    with policy.model.disable_adapter():
+        return policy.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).logits
