@@ -18,7 +18,10 @@ from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs
 
 # Job kind -> "module:function"; imported when first run, so the worker starts light.
-HANDLERS = {"train_reward": "rlhf_loop.reward.job:run_train_reward"}
+HANDLERS = {
+    "train_reward": "rlhf_loop.reward.job:run_train_reward",
+    "ppo_round": "rlhf_loop.ppo.round:run_ppo_round",
+}
 
 
 class JobError(RuntimeError):

@@ -96,3 +96,44 @@ def _to_sample(tokens: list[int], tokenizer: PreTrainedTokenizerBase) -> Sample:
     kept = tokens[: tokens.index(eos) + 1] if finished else tokens
     text = tokenizer.decode(kept, skip_special_tokens=True).strip()
     return Sample(text=text, token_count=len(kept), finished=finished)
+
+
+class LivePolicy:
+    """The sampler's copy of the live policy version, reloaded when an operator or a PPO round
+    changes it. The adapter is merged into the base for sampling: same outputs, no LoRA cost
+    per token. A version whose files are gone keeps the previous model serving."""
+
+    def __init__(self, base_path: str, device: str) -> None:
+        self.base_path, self.device = base_path, device
+        self.version: int | None = None
+        self.unloadable: set[int] = set()  # tried once; not reloaded on every batch
+        self.model: PreTrainedModel | None = None
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+
+    def current(self, live: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
+        """Model, tokenizer and version to sample with, given the live policy's registry row."""
+        if live["version"] != self.version and live["version"] not in self.unloadable:
+            self._load(live)
+        assert self.model is not None and self.tokenizer is not None
+        return self.model, self.tokenizer, self.version  # type: ignore[return-value]
+
+    def _load(self, live: dict) -> None:
+        from peft import PeftModel
+
+        from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
+
+        try:
+            model, tokenizer = load_causal_lm(self.base_path, self.device)
+            if live["path"] is not None:
+                model = PeftModel.from_pretrained(model, live["path"]).merge_and_unload().eval()
+        except (ModelLoadError, OSError, ValueError) as exc:
+            if self.model is None:
+                raise
+            self.unloadable.add(live["version"])
+            print(
+                f"policy v{live['version']} cannot be loaded ({exc}); still serving "
+                f"v{self.version}",
+                flush=True,
+            )
+            return
+        self.model, self.tokenizer, self.version = model, tokenizer, live["version"]

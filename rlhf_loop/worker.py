@@ -81,8 +81,9 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
 
 def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -> None:
     # Heavy imports after the lease: a worker that loses the race exits without loading torch.
-    from rlhf_loop.model.loader import load_causal_lm, resolve_model_path
-    from rlhf_loop.sampler import SamplingParams
+    from rlhf_loop.model.loader import resolve_model_path
+    from rlhf_loop.sampler import LivePolicy, SamplingParams
+    from rlhf_loop.store.versions import live_policy
 
     if settings.seed_demo_prompts:
         from rlhf_loop.seed import seed_demo_prompts
@@ -95,13 +96,14 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
             f"building the demo model (first start only): {stage}", f
         ),
     )
-    model, tokenizer = load_causal_lm(path, settings.device)
+    policy = LivePolicy(path, settings.device)
+    policy.current(live_policy(db, settings.model))
     params = SamplingParams.from_settings(settings)
     selector = _selector(settings)
     idle_since = time.monotonic()
     while not beat.lost.is_set():
         if _run_one_job(db, settings, beat, path) or _top_up_queue(
-            db, settings, beat, model, tokenizer, params
+            db, settings, beat, policy, params
         ):
             if selector:
                 beat.report("ordering the queue by reward-model uncertainty")
@@ -140,13 +142,14 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
     return True
 
 
-def _top_up_queue(db, settings: Settings, beat: Heartbeat, model, tokenizer, params) -> bool:
+def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bool:
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
     from rlhf_loop.sampler import sample_responses
-    from rlhf_loop.store.generations import add_comparisons, live_policy_version, prompts_to_sample
+    from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
     from rlhf_loop.store.tasks import free_slots
+    from rlhf_loop.store.versions import live_policy
 
-    version = live_policy_version(db, settings.model)
+    model, tokenizer, version = policy.current(live_policy(db, settings.model))
     free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
     wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
     batch = (

@@ -40,6 +40,7 @@ def test_worker_samples_annotator_ranks_reward_model_learns(
         reward_lr=1e-3,
         reward_max_length=64,
         reward_heldout_fraction=0.2,
+        ppo_after_reward=False,
     )
     (tmp_path / "empty.toml").write_text("")
     env = os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}

@@ -30,6 +30,7 @@ def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
         device="cpu",
         seed_demo_prompts=False,
         reward_retrain_every=0,
+        ppo_after_reward=False,
         reward_epochs=3,
         reward_lr=1e-3,
         reward_max_length=64,

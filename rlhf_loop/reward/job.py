@@ -12,6 +12,7 @@ from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.reward.data import load_rankings, split_held_out
 from rlhf_loop.reward.model import load_backbone, resolve_backbone, save_reward_model
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
+from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import latest_version, next_version, register_version
 
 KIND = "reward"
@@ -81,4 +82,6 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         settings.runs_dir / KIND / f"v{version}",
     )
     register_version(ctx.db, KIND, version, path, backbone, metrics)
+    if settings.ppo_after_reward:
+        jobs.enqueue(ctx.db, "ppo_round", {"reason": f"after reward model v{version}"})
     return {"version": version, **metrics}

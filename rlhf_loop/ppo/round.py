@@ -1,0 +1,184 @@
+"""The "ppo_round" worker job: improve the live policy against the newest reward model.
+
+Roll out on training prompts, score, optimise, for ``ppo_steps`` batches; evaluate on held-out
+prompts before and after (mean reward, KL to the reference); save the adapter as a new version
+and make it live in one transaction. A round killed part-way registers nothing, so the previous
+policy stays live and the job is retried by the next worker.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import sqlite_utils
+import torch
+
+from rlhf_loop.config import Settings
+from rlhf_loop.job_runner import JobContext, JobError
+from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.ppo.math import AdaptiveKL, FixedKL, RunningMoments, kl_per_token
+from rlhf_loop.ppo.policy import Policy, load_policy, new_policy, save_policy
+from rlhf_loop.ppo.rollout import rollout
+from rlhf_loop.ppo.rollout_sampling import SampleConfig
+from rlhf_loop.ppo.scoring import UnscorableBatch, score, usable
+from rlhf_loop.ppo.step import Optimisation, PPOHyper, old_outputs, ppo_step
+from rlhf_loop.reward.data import is_held_out
+from rlhf_loop.reward.model import load_reward_model
+from rlhf_loop.store.versions import latest_version, live_policy, next_version, register_version
+
+KIND = "policy"
+SAMPLES_KEPT = 8  # eval samples stored with a version, for the side-by-side view
+KL_HORIZON = 10_000  # steps over which the adaptive controller closes its error (Ziegler et al.)
+
+
+def hyper(settings: Settings) -> PPOHyper:
+    return PPOHyper(
+        epochs=settings.ppo_epochs,
+        minibatch=settings.ppo_minibatch,
+        clip=settings.ppo_clip,
+        clip_value=settings.ppo_clip_value,
+        vf_coef=settings.ppo_vf_coef,
+        gamma=settings.ppo_gamma,
+        lam=settings.ppo_lambda,
+        missing_eos_penalty=settings.ppo_missing_eos_penalty,
+        ema_reference=settings.ppo_ema_reference,
+    )
+
+
+def sample_config(settings: Settings) -> SampleConfig:
+    return SampleConfig(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        top_k=settings.top_k,
+    )
+
+
+def split_prompts(db: sqlite_utils.Database, settings: Settings) -> tuple[list[str], list[str]]:
+    """Training prompts, and held-out ones: the reward model's held-out share, so neither the
+    reward model nor PPO has trained on what a round is judged by."""
+    texts = [r["text"] for r in db["prompts"].rows_where(select="text", order_by="id")]
+    held = [t for t in texts if is_held_out(t, settings.reward_heldout_fraction)]
+    train = [t for t in texts if not is_held_out(t, settings.reward_heldout_fraction)]
+    return train, held[: settings.ppo_eval_prompts]
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: Policy, reward, prompts: list[str], config: SampleConfig, max_length: int, seed: int
+) -> dict[str, Any]:
+    """Mean reward and KL to the reference of one sample per held-out prompt (a fixed seed, so
+    before and after see the same sampling noise)."""
+    if not prompts:
+        return {"mean_reward": None, "kl": None, "samples": []}
+    generator = torch.Generator(device=policy.device).manual_seed(seed)
+    batch = rollout(policy, prompts, 1, config, generator)
+    scores = score(*reward, batch.prompts, batch.texts, max_length)
+    old_logp, _, ref_logp = old_outputs(policy, batch)
+    mask = batch.response_mask.to(policy.device)
+    kl = (kl_per_token(old_logp, ref_logp, "k1") * mask).sum(-1)
+    finite = torch.isfinite(scores)
+    return {
+        "mean_reward": scores[finite].mean().item() if finite.any() else None,
+        "kl": kl.mean().item(),
+        "response_length": mask.sum(-1).float().mean().item(),
+        "samples": [
+            {"prompt": p, "response": t, "reward": s}
+            for p, t, s in zip(batch.prompts, batch.texts, scores.tolist(), strict=True)
+        ][:SAMPLES_KEPT],
+    }
+
+
+def _load_reward(db: sqlite_utils.Database, settings: Settings):
+    row = latest_version(db, "reward")
+    if row is None:
+        raise JobError("no reward model yet: train one before a PPO round")
+    try:
+        model, tokenizer, _ = load_reward_model(row["path"], settings.device)
+    except ModelLoadError as exc:
+        raise JobError(f"reward model v{row['version']}: {exc}") from None
+    return row, (model, tokenizer)
+
+
+def _load_policy(ctx: JobContext, live: dict[str, Any]) -> Policy:
+    settings = ctx.settings
+    ema = settings.ppo_ema_reference > 0
+    if live["path"] is None:
+        return new_policy(ctx.policy_path, settings.device, settings.ppo_lora_r, ema)
+    try:
+        return load_policy(ctx.policy_path, live["path"], settings.device, ema)
+    except ModelLoadError as exc:
+        raise JobError(
+            f"live policy v{live['version']}: {exc}; roll back to a version whose files exist"
+        ) from None
+
+
+def run_ppo_round(ctx: JobContext) -> dict[str, Any]:
+    settings, db = ctx.settings, ctx.db
+    reward_row, reward = _load_reward(db, settings)
+    train_prompts, eval_prompts = split_prompts(db, settings)
+    if not train_prompts:
+        raise JobError("no prompts to train on: import some on the Data page")
+    live = live_policy(db, settings.model)
+    ctx.progress(0.0, f"loading policy v{live['version']}")
+    policy = _load_policy(ctx, live)
+    config, max_length = sample_config(settings), settings.reward_max_length
+    seed = ctx.job.id
+    ctx.progress(0.0, "evaluating the live policy on held-out prompts")
+    before = evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+    kl_control = (
+        AdaptiveKL(settings.ppo_kl_coef, settings.ppo_kl_target, KL_HORIZON)
+        if settings.ppo_kl_target > 0
+        else FixedKL(settings.ppo_kl_coef)
+    )
+    state = Optimisation(
+        torch.optim.AdamW(policy.trainable_parameters(), lr=settings.ppo_lr, weight_decay=0.0),
+        kl_control,
+        RunningMoments(),
+        torch.Generator().manual_seed(seed),
+    )
+    rng = random.Random(seed)
+    for step in range(1, settings.ppo_steps + 1):
+        prompts = rng.sample(train_prompts, min(settings.ppo_batch_prompts, len(train_prompts)))
+        batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
+        scores = score(*reward, batch.prompts, batch.texts, max_length)
+        try:
+            keep = usable(scores)
+        except UnscorableBatch as exc:
+            raise JobError(f"reward model v{reward_row['version']}: {exc}") from None
+        if not keep.all():
+            batch, scores = batch.select(keep), scores[keep]
+        stats = ppo_step(policy, batch, scores, state, hyper(settings))
+        stats["unscorable"] = float((~keep).sum())
+        ctx.metrics(step, stats)
+        ctx.progress(
+            step / settings.ppo_steps,
+            f"step {step}/{settings.ppo_steps}: reward {stats['reward']:.3f}, KL {stats['kl']:.3f}",
+        )
+    ctx.progress(1.0, "evaluating the new policy on held-out prompts")
+    after = evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+    version = next_version(db, KIND)
+    metrics = {
+        "parent_version": live["version"],
+        "reward_version": reward_row["version"],
+        "eval_prompts": len(eval_prompts),
+        "reward_before": before["mean_reward"],
+        "reward_after": after["mean_reward"],
+        "kl_before": before["kl"],
+        "kl_after": after["kl"],
+        "length_after": after.get("response_length"),
+    }
+    path = save_policy(
+        policy,
+        settings.runs_dir / KIND / f"v{version}",
+        {
+            "lora_r": settings.ppo_lora_r,
+            "base_model": settings.model,
+            "metrics": metrics,
+            "samples_before": before["samples"],
+            "samples_after": after["samples"],
+        },
+    )
+    register_version(db, KIND, version, path, settings.model, metrics, live["id"], live=True)
+    return {"version": version, **metrics}

@@ -1,0 +1,59 @@
+"""Scoring rollouts with the frozen reward model, and what to do when it misbehaves.
+
+A reward model can return NaN or infinity (a broken version, an overflow in half precision).
+Such responses are left out of the update rather than given an invented score; a round where
+too many are unscorable stops with the reason instead of training on noise.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf_loop.reward.data import exchange_text
+from rlhf_loop.reward.model import flat_rewards
+
+MAX_UNSCORABLE_SHARE = 0.5
+
+
+class UnscorableBatch(RuntimeError):
+    """Too many responses got no finite reward; the message says how many."""
+
+
+@torch.inference_mode()
+def score(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[str],
+    max_length: int,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """One scalar per (prompt, response), on the CPU."""
+    tokenizer.truncation_side = "left"
+    scores = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [
+            exchange_text(tokenizer, p, r)
+            for p, r in zip(
+                prompts[start : start + batch_size],
+                responses[start : start + batch_size],
+                strict=True,
+            )
+        ]
+        inputs = tokenizer(
+            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        )
+        scores.append(flat_rewards(model, dict(inputs)).cpu())
+    return torch.cat(scores)
+
+
+def usable(scores: torch.Tensor) -> torch.Tensor:
+    """Mask of finite scores; raises when too few are, so a broken model cannot steer a round."""
+    finite = torch.isfinite(scores)
+    bad = int((~finite).sum())
+    if bad > MAX_UNSCORABLE_SHARE * len(scores):
+        raise UnscorableBatch(
+            f"the reward model returned no finite score for {bad} of {len(scores)} responses"
+        )
+    return finite

@@ -1,0 +1,155 @@
+"""One PPO step on one rollout batch: score -> token rewards -> GAE -> clipped updates.
+
+The math lives in ``rlhf_loop.ppo.math``; this module only wires the policy's tensors through it,
+in TRL's order, and gathers the statistics an operator plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_loop.ppo.math import (
+    AdaptiveKL,
+    FixedKL,
+    RunningMoments,
+    ema_update,
+    entropy_from_logits,
+    gae,
+    kl_per_token,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    minibatch_indices,
+    normalise_scores,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from rlhf_loop.ppo.policy import REFERENCE, Policy, forward, reference_logits
+from rlhf_loop.ppo.rollout import Rollout
+
+
+@dataclass(frozen=True)
+class PPOHyper:
+    epochs: int = 2
+    minibatch: int = 16
+    clip: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    missing_eos_penalty: float = 1.0
+    ema_reference: float = 0.0  # 0: frozen base reference
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class Optimisation:
+    """What persists across the steps of a round."""
+
+    optimiser: torch.optim.Optimizer
+    kl_control: FixedKL | AdaptiveKL
+    moments: RunningMoments
+    generator: torch.Generator
+
+
+def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
+    """Log-probs and values of the rollout under the policy as it was, and under the reference."""
+    with torch.no_grad():
+        logits, values = forward(policy, batch.input_ids, batch.attention_mask, with_values=True)
+        old_logp = logprobs_from_logits(batch.response_slice(logits), batch.response_ids)
+        old_values = batch.response_slice(values)
+        ref = reference_logits(policy, batch.input_ids, batch.attention_mask)
+        ref_logp = logprobs_from_logits(batch.response_slice(ref), batch.response_ids)
+    return old_logp, old_values, ref_logp
+
+
+def ppo_step(
+    policy: Policy, batch: Rollout, scores: torch.Tensor, state: Optimisation, hyper: PPOHyper
+) -> dict[str, float]:
+    device = policy.device
+    mask = batch.response_mask.to(device)
+    # step 1: the rollout's log-probs and values before any update, and the reference's
+    old_logp, old_values, ref_logp = old_outputs(policy, batch)
+    # step 2: per-token KL to the reference, penalised in the reward at every token
+    kl = kl_per_token(old_logp, ref_logp, "k1")
+    # step 3: the sequence score (scaled by the running spread) added at the last token
+    normalised = normalise_scores(scores.to(device), state.moments)
+    rewards = token_rewards(
+        normalised,
+        kl,
+        mask,
+        state.kl_control.value,
+        eos_found=batch.eos_found.to(device),
+        missing_eos_penalty=hyper.missing_eos_penalty,
+    )
+    # step 4: advantages by GAE, whitened over the whole batch (not per minibatch)
+    advantages, returns = gae(rewards, old_values, mask, hyper.gamma, hyper.lam)
+    advantages = masked_whiten(advantages, mask)
+    # step 5: several epochs of clipped policy and value updates on shuffled minibatches
+    stats: dict[str, list[float]] = {}
+    policy.model.train()
+    for _ in range(hyper.epochs):
+        for idx in minibatch_indices(len(scores), hyper.minibatch, state.generator):
+            minibatch_stats = _update(
+                policy, batch, idx, old_logp, old_values, advantages, returns, state, hyper
+            )
+            for name, value in minibatch_stats.items():
+                stats.setdefault(name, []).append(value)
+    # step 6: the KL controller sees this batch's KL; an EMA reference trails the policy
+    sequence_kl = (kl * mask).sum(-1).mean().item()
+    state.kl_control.update(sequence_kl, len(scores))
+    if hyper.ema_reference:
+        ema_update(
+            policy.adapter_parameters(REFERENCE),
+            policy.adapter_parameters("default"),
+            hyper.ema_reference,
+        )
+    return {name: sum(v) / len(v) for name, v in stats.items()} | {
+        "reward": scores.mean().item(),
+        "kl": sequence_kl,
+        "kl_coef": state.kl_control.value,
+        "response_length": mask.sum(-1).float().mean().item(),
+        "ended": batch.eos_found.float().mean().item(),
+    }
+
+
+def _update(
+    policy: Policy,
+    batch: Rollout,
+    idx: torch.Tensor,
+    old_logp: torch.Tensor,
+    old_values: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    state: Optimisation,
+    hyper: PPOHyper,
+) -> dict[str, float]:
+    mask = batch.response_mask[idx].to(policy.device)
+    logits, values = forward(
+        policy, batch.input_ids[idx], batch.attention_mask[idx], with_values=True
+    )
+    response_logits = batch.response_slice(logits)
+    new_logp = logprobs_from_logits(response_logits, batch.response_ids[idx])
+    new_values = batch.response_slice(values)
+    pg_loss, pg_stats = policy_loss(new_logp, old_logp[idx], advantages[idx], mask, hyper.clip)
+    vf_loss, vf_stats = value_loss(
+        new_values, old_values[idx], returns[idx], mask, hyper.clip_value
+    )
+    loss = pg_loss + hyper.vf_coef * vf_loss
+    state.optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), hyper.max_grad_norm)
+    state.optimiser.step()
+    with torch.no_grad():
+        entropy = masked_mean(entropy_from_logits(response_logits.detach()), mask)
+    return {
+        "policy_loss": pg_loss.item(),
+        "value_loss": vf_loss.item(),
+        "entropy": entropy.item(),
+        "clip_frac": pg_stats["clip_frac"].item(),
+        "approx_kl": pg_stats["approx_kl"].item(),
+        "value_clip_frac": vf_stats["value_clip_frac"].item(),
+    }
