@@ -3,8 +3,17 @@
 import streamlit as st
 
 from pages.common import database, settings, show_worker_state
-from rlhf_loop.reports import jobs_table, metric_columns, reward_versions_table, running_job
+from rlhf_loop.reports import (
+    PPO_CURVES,
+    jobs_table,
+    metric_columns,
+    policy_samples,
+    policy_versions_table,
+    reward_versions_table,
+    running_job,
+)
 from rlhf_loop.store.jobs import enqueue
+from rlhf_loop.store.versions import set_live_policy
 
 config = settings()
 db = database()
@@ -22,6 +31,21 @@ right.caption(
 )
 
 
+def curve_grid(job: dict) -> None:
+    """One small chart per logged quantity of a job, three to a row."""
+    names = PPO_CURVES if job["kind"] == "ppo_round" else ["loss", "nu"]
+    curves = metric_columns(db, job["id"], names)
+    if not curves["step"]:
+        return
+    columns = st.columns(3)
+    for i, name in enumerate(n for n in names if any(v is not None for v in curves[n])):
+        with columns[i % 3]:
+            st.caption(name)
+            st.line_chart(
+                {"step": curves["step"], name: curves[name]}, x="step", y=name, height=180
+            )
+
+
 @st.fragment(run_every=2.0)
 def live() -> None:
     """Worker state and the running job's curves, refreshed every two seconds."""
@@ -31,11 +55,7 @@ def live() -> None:
     if job is not None:
         st.subheader(f"Job {job['id']}: {job['kind']}")
         st.progress(min(max(job["progress"] or 0.0, 0.0), 1.0), text=job["message"] or "")
-        curves = metric_columns(db, job["id"], ["loss", "nu"])
-        if curves["step"]:
-            loss_col, nu_col = st.columns(2)
-            loss_col.line_chart({k: curves[k] for k in ("step", "loss")}, x="step", y="loss")
-            nu_col.line_chart({k: curves[k] for k in ("step", "nu")}, x="step", y="nu")
+        curve_grid(job)
     st.subheader("Jobs")
     rows = jobs_table(db)
     if rows:
@@ -71,3 +91,42 @@ else:
         st.caption(f"Loss curve of job {last_job['job']}")
         curve = metric_columns(db, last_job["job"], ["loss"])
         st.line_chart(curve, x="step", y="loss")
+
+
+st.subheader("Policy versions")
+policies = policy_versions_table(db)
+if not policies:
+    st.caption("No policy yet: the worker registers the base model as version 0 when it starts.")
+else:
+    st.dataframe(policies, hide_index=True)
+    last_round = next((j for j in jobs_table(db) if j["kind"] == "ppo_round"), None)
+    if last_round:
+        st.caption(f"Curves of the last PPO round (job {last_round['job']})")
+        curve_grid({"id": last_round["job"], "kind": "ppo_round"})
+    versions = [p["version"] for p in policies]
+    live_col, button_col = st.columns([2, 1])
+    chosen = live_col.selectbox("Make a version live (roll forward or back)", versions)
+    if button_col.button("Make live", icon=":material/undo:"):
+        try:
+            set_live_policy(db, chosen)
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"Policy v{chosen} is live; new items will be sampled from it.")
+            st.rerun()
+
+    samples = policy_samples(db)
+    if len(samples) >= 2:
+        st.subheader("Side by side")
+        left, right = st.columns(2)
+        ordered = sorted(samples)
+        a = left.selectbox("Version", ordered, index=len(ordered) - 2, key="side_a")
+        b = right.selectbox("Version", ordered, index=len(ordered) - 1, key="side_b")
+        shared = [p for p in samples[a] if p in samples[b]]
+        if shared:
+            prompt = st.selectbox("Held-out prompt", shared)
+            st.text(prompt)
+            for column, version in ((left, a), (right, b)):
+                with column.container(border=True):
+                    st.caption(f"v{version}")
+                    st.text(samples[version][prompt] or "(empty response)")

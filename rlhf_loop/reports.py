@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
@@ -71,3 +73,46 @@ def reward_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
         }
         for v in list_versions(db, "reward")
     ]
+
+
+PPO_CURVES = ["reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"]
+
+
+def policy_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": v["version"],
+            "live": bool(v["live"]),
+            "parent": v["metrics"].get("parent_version"),
+            "reward model": v["metrics"].get("reward_version"),
+            "held-out reward before": v["metrics"].get("reward_before"),
+            "held-out reward after": v["metrics"].get("reward_after"),
+            "KL to reference": v["metrics"].get("kl_after"),
+            "created": _when(v["created_at"]),
+            "files": v["path"] or "(the base model)",
+        }
+        for v in list_versions(db, "policy")
+    ]
+
+
+def policy_samples(db: sqlite_utils.Database) -> dict[int, dict[str, str]]:
+    """Held-out samples per policy version, prompt -> response: a round stores its new version's
+    samples and, as "before", its parent's, on the same prompts with the same seed."""
+    samples: dict[int, dict[str, str]] = {}
+    for version in sorted(list_versions(db, "policy"), key=lambda v: v["version"]):
+        meta = _policy_meta(version["path"])
+        if meta is None:
+            continue
+        parent = meta["metrics"].get("parent_version")
+        if parent is not None:
+            samples.setdefault(parent, {s["prompt"]: s["response"] for s in meta["samples_before"]})
+        samples[version["version"]] = {s["prompt"]: s["response"] for s in meta["samples_after"]}
+    return samples
+
+
+def _policy_meta(path: str | None) -> dict[str, Any] | None:
+    from rlhf_loop.ppo.policy import META_FILE
+
+    if path is None or not (Path(path) / META_FILE).is_file():
+        return None
+    return json.loads((Path(path) / META_FILE).read_text())
