@@ -31,6 +31,16 @@ right.caption(
 )
 
 
+def export_zip(version_dir: str, merged: bool) -> bytes:
+    """Runs on click, in Streamlit's download thread; torch is imported only then."""
+    from rlhf_loop.model.loader import resolve_model_path
+    from rlhf_loop.ppo.export import adapter_zip, merged_zip
+
+    if merged:
+        return merged_zip(resolve_model_path(config), version_dir)
+    return adapter_zip(version_dir)
+
+
 def curve_grid(job: dict) -> None:
     """One small chart per logged quantity of a job, three to a row."""
     names = PPO_CURVES if job["kind"] == "ppo_round" else ["loss", "nu"]
@@ -114,6 +124,24 @@ else:
         else:
             st.success(f"Policy v{chosen} is live; new items will be sampled from it.")
             st.rerun()
+
+    exportable = [p for p in policies if p["files"] != "(the base model)"]
+    if exportable:
+        export_col, adapter_col, merged_col = st.columns([2, 1, 1])
+        pick = export_col.selectbox("Export version", [p["version"] for p in exportable])
+        files = next(p["files"] for p in exportable if p["version"] == pick)
+        adapter_col.download_button(
+            "LoRA adapter (zip)",
+            data=lambda: export_zip(files, merged=False),
+            file_name=f"policy-v{pick}-adapter.zip",
+            icon=":material/download:",
+        )
+        merged_col.download_button(
+            "Merged model (zip)",
+            data=lambda: export_zip(files, merged=True),
+            file_name=f"policy-v{pick}-merged.zip",
+            icon=":material/download:",
+        )
 
     samples = policy_samples(db)
     if len(samples) >= 2:
