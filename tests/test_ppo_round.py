@@ -1,0 +1,128 @@
+"""The PPO round job on the demo model: a new live version with its metrics, and the bad inputs
+(no reward model, a reward model returning NaN, no prompts, responses that never end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from store_helpers import fresh_db, oracle_rankings
+
+from rlhf_loop.config import Settings
+from rlhf_loop.job_runner import JobContext, JobError
+from rlhf_loop.ppo import round as ppo_round
+from rlhf_loop.reward.job import run_train_reward
+from rlhf_loop.sampler import LivePolicy
+from rlhf_loop.store import jobs
+from rlhf_loop.store.versions import live_policy
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, float | None]] = []
+
+    def report(self, status: str, progress: float | None = None) -> None:
+        self.reports.append((status, progress))
+
+
+def context(db, tmp_path: Path, model_path: Path, kind: str, **overrides) -> JobContext:
+    settings = Settings(
+        data_dir=str(tmp_path),
+        device="cpu",
+        max_new_tokens=16,
+        reward_epochs=2,
+        reward_lr=1e-3,
+        reward_max_length=64,
+        ppo_after_reward=False,
+        ppo_steps=2,
+        ppo_batch_prompts=8,
+        ppo_samples_per_prompt=2,
+        ppo_minibatch=8,
+        ppo_eval_prompts=6,
+    ).replace(**overrides)
+    jobs.enqueue(db, kind)
+    return JobContext(db, settings, jobs.claim(db, "test", 30), Progress(), str(model_path))
+
+
+@pytest.fixture
+def trained(tmp_path: Path, demo_model_path: Path):
+    """A database with rankings and a reward model v1."""
+    torch.manual_seed(0)
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 40)
+    run_train_reward(context(db, tmp_path, demo_model_path, "train_reward"))
+    return db
+
+
+def test_round_makes_a_new_live_version_with_metrics(
+    trained, tmp_path: Path, demo_model_path: Path
+) -> None:
+    base = live_policy(trained, "demo")
+    assert base["path"] is None  # the bare base model
+    ctx = context(trained, tmp_path, demo_model_path, "ppo_round")
+    result = ppo_round.run_ppo_round(ctx)
+    live = live_policy(trained, "demo")
+    assert live["version"] == result["version"] > base["version"] and Path(live["path"]).is_dir()
+    assert live["metrics"]["parent_version"] == base["version"]
+    assert live["metrics"]["reward_version"] == 1
+    assert live["metrics"]["eval_prompts"] > 0 and live["metrics"]["kl_after"] is not None
+    logged = {m["name"] for m in jobs.job_metrics(trained, ctx.job.id)}
+    assert {"reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"} <= logged
+    assert ctx.reporter.reports[-1] == ("evaluating the new policy on held-out prompts", 1.0)
+    sampler = LivePolicy(str(demo_model_path), "cpu")
+    assert sampler.current(live)[2] == live["version"]  # the sampler switches to it
+
+
+def test_round_without_a_reward_model_or_prompts_says_why(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    db = fresh_db(tmp_path)
+    with pytest.raises(JobError, match="no reward model yet"):
+        ppo_round.run_ppo_round(context(db, tmp_path, demo_model_path, "ppo_round"))
+
+
+def test_round_with_only_held_out_prompts_says_why(
+    trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ppo_round, "is_held_out", lambda prompt, fraction: True)
+    before = live_policy(trained, "demo")["version"]
+    with pytest.raises(JobError, match="no prompts to train on"):
+        ppo_round.run_ppo_round(context(trained, tmp_path, demo_model_path, "ppo_round"))
+    assert live_policy(trained, "demo")["version"] == before
+
+
+def test_a_reward_model_returning_nan_stops_the_round_and_keeps_the_live_policy(
+    trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_score = ppo_round.score
+
+    def broken(*args, **kwargs):
+        scores = real_score(*args, **kwargs)
+        return torch.full_like(scores, float("nan"))
+
+    monkeypatch.setattr(ppo_round, "score", broken)
+    before = live_policy(trained, "demo")["version"]
+    with pytest.raises(JobError, match="no finite score"):
+        ppo_round.run_ppo_round(context(trained, tmp_path, demo_model_path, "ppo_round"))
+    assert live_policy(trained, "demo")["version"] == before
+
+
+def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
+    trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_score = ppo_round.score
+
+    def one_nan(*args, **kwargs):
+        scores = real_score(*args, **kwargs).clone()
+        scores[0] = float("nan")
+        return scores
+
+    monkeypatch.setattr(ppo_round, "score", one_nan)
+    # 2 new tokens: almost no response can end, so the missing-end penalty applies
+    ctx = context(trained, tmp_path, demo_model_path, "ppo_round", max_new_tokens=2)
+    ppo_round.run_ppo_round(ctx)
+    metrics = {(m["name"], m["step"]): m["value"] for m in jobs.job_metrics(trained, ctx.job.id)}
+    assert metrics[("unscorable", 1)] == 1.0
+    assert metrics[("ended", 1)] < 0.5
+    assert live_policy(trained, "demo")["path"] is not None  # the round still completed

@@ -1,0 +1,279 @@
+"""The rollout sampler: greedy is ``generate`` token for token, sampling draws from the warped
+softmax HF defines, and the output layout is what PPO slices by."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from rlhf_loop.model.loader import load_causal_lm
+from rlhf_loop.model.prompting import format_prompt
+from rlhf_loop.ppo.rollout_sampling import RolloutTokens, SampleConfig, draw, sample_tokens
+
+# Prompts of different lengths (so the batch is really left-padded), some the demo model ends
+# quickly and some it rambles on, so rows stop at different steps or not at all.
+PROMPTS = [
+    "What is 3 + 4?",
+    "What colour is the sky?",
+    "Tell me about cats.",
+    "hello",
+    "What is 12 * 7? Explain every step of the working, then say it again in other words.",
+    "Why do birds sing?",
+]
+DRAWS = 2500  # first tokens per distribution check (the prefill of these rows is most of the time)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_model_path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    return load_causal_lm(str(demo_model_path), "cpu")
+
+
+def encode(tok: PreTrainedTokenizerBase, prompts: list[str]) -> dict[str, torch.Tensor]:
+    tok.padding_side = "left"
+    texts = [format_prompt(tok, p) for p in prompts]
+    return dict(tok(texts, return_tensors="pt", padding=True, add_special_tokens=False))
+
+
+def ours(model, batch, config: SampleConfig, eos, pad, seed: int | None = None) -> RolloutTokens:
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return sample_tokens(
+        model, batch["input_ids"], batch["attention_mask"], config, eos, pad, generator
+    )
+
+
+def greedy_generate(model, batch, max_new: int, eos: int, pad: int) -> torch.Tensor:
+    with torch.inference_mode():
+        out = model.generate(
+            **batch, do_sample=False, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=pad
+        )
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def expected_mask(tokens: torch.Tensor, eos: int) -> torch.Tensor:
+    """1 up to and including the first end token, by a plain per-row scan."""
+    mask = torch.zeros_like(tokens)
+    for i, row in enumerate(tokens.tolist()):
+        end = row.index(eos) + 1 if eos in row else len(row)
+        mask[i, :end] = 1
+    return mask
+
+
+@pytest.mark.parametrize("max_new", [1, 6, 32])
+def test_greedy_is_generate_token_for_token(demo, max_new: int) -> None:
+    model, tok = demo
+    batch = encode(tok, PROMPTS)
+    assert (batch["attention_mask"] == 0).any(), "the batch must be left-padded"
+    out = ours(model, batch, SampleConfig(max_new, greedy=True), tok.eos_token_id, tok.pad_token_id)
+    theirs = greedy_generate(model, batch, max_new, tok.eos_token_id, tok.pad_token_id)
+    assert torch.equal(out.response_ids, theirs)
+    assert torch.equal(out.response_mask, expected_mask(theirs, tok.eos_token_id))
+    assert out.eos_found.tolist() == [tok.eos_token_id in row for row in theirs.tolist()]
+
+
+def tiny_model(kind: str) -> PreTrainedModel:
+    """Randomly initialised Llama/Qwen2-style models: rotary positions, grouped KV heads."""
+    torch.manual_seed(0)
+    sizes = dict(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(**sizes)).eval()
+    return Qwen2ForCausalLM(Qwen2Config(**sizes)).eval()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_greedy_is_generate_for_llama_and_qwen_style_models(kind: str) -> None:
+    model = tiny_model(kind)
+    lengths = [3, 9, 5, 12]
+    width = max(lengths)
+    gen = torch.Generator().manual_seed(1)
+    input_ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, n in enumerate(lengths):
+        input_ids[i, width - n :] = torch.randint(3, 96, (n,), generator=gen)
+        attention_mask[i, width - n :] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    out = ours(model, batch, SampleConfig(20, greedy=True), 1, 0)
+    assert torch.equal(out.response_ids, greedy_generate(model, batch, 20, 1, 0))
+
+
+def test_peft_wrapped_model_decodes_through_its_adapter(demo_model_path: Path) -> None:
+    model, tok = load_causal_lm(str(demo_model_path), "cpu")
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["c_attn"], lora_dropout=0.0))
+    with torch.no_grad():  # a non-zero adapter, so decoding without it would differ
+        for name, param in lora.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5, generator=torch.Generator().manual_seed(3))
+    lora.eval()
+    batch = encode(tok, PROMPTS)
+    out = ours(lora, batch, SampleConfig(16, greedy=True), tok.eos_token_id, tok.pad_token_id)
+    theirs = greedy_generate(lora, batch, 16, tok.eos_token_id, tok.pad_token_id)
+    assert torch.equal(out.response_ids, theirs)
+    with lora.disable_adapter():
+        base = ours(lora, batch, SampleConfig(16, greedy=True), tok.eos_token_id, tok.pad_token_id)
+    assert not torch.equal(base.response_ids, out.response_ids)
+
+
+def test_sampling_is_reproducible_with_a_seeded_generator(demo) -> None:
+    model, tok = demo
+    batch = encode(tok, PROMPTS * 4)
+    config = SampleConfig(24, temperature=1.0, top_p=0.95)
+    first, again, other = (
+        ours(model, batch, config, tok.eos_token_id, tok.pad_token_id, seed)
+        for seed in (11, 11, 12)
+    )
+    assert torch.equal(first.response_ids, again.response_ids)
+    assert torch.equal(first.response_mask, again.response_mask)
+    assert not torch.equal(first.response_ids, other.response_ids)
+
+
+def test_response_layout_for_sampled_rows(demo) -> None:
+    """Right-padded to the longest response, pad after each end token, mask through the end."""
+    model, tok = demo
+    batch = encode(tok, PROMPTS * 4)
+    out = ours(model, batch, SampleConfig(12, top_p=0.95), tok.eos_token_id, tok.pad_token_id, 5)
+    ids, mask = out.response_ids, out.response_mask
+    assert ids.shape == mask.shape and ids.shape[0] == len(PROMPTS) * 4
+    assert int(mask.sum(1).max()) == ids.shape[1] <= 12
+    assert torch.equal(mask, expected_mask(ids, tok.eos_token_id))
+    assert bool((ids[mask == 0] == tok.pad_token_id).all())
+    assert out.eos_found.tolist() == [tok.eos_token_id in row for row in ids.tolist()]
+    assert out.eos_found.any() and not out.eos_found.all(), "want rows of both kinds"
+
+
+def test_pad_equal_to_eos_still_masks_through_the_first_end(demo) -> None:
+    model, tok = demo
+    batch = encode(tok, PROMPTS)
+    eos = tok.eos_token_id
+    out = ours(model, batch, SampleConfig(32, greedy=True), eos, pad=eos)
+    assert torch.equal(out.response_mask, expected_mask(out.response_ids, eos))
+    assert out.eos_found.all()
+
+
+def test_any_of_several_end_tokens_ends_a_row(demo) -> None:
+    model, tok = demo
+    batch = encode(tok, PROMPTS)
+    plain = ours(model, batch, SampleConfig(32, greedy=True), tok.eos_token_id, tok.pad_token_id)
+    second = plain.response_ids[0, 1].item()  # the first row's second token ends it now
+    both = ours(
+        model, batch, SampleConfig(32, greedy=True), [tok.eos_token_id, second], tok.pad_token_id
+    )
+    assert both.response_mask[0].sum() == 2 and both.eos_found[0]
+    rows = plain.response_mask.sum(1) >= both.response_mask.sum(1)
+    assert rows.all()
+
+
+def test_outputs_are_ordinary_tensors_autograd_can_save(demo) -> None:
+    model, tok = demo
+    out = ours(model, encode(tok, PROMPTS), SampleConfig(8), tok.eos_token_id, tok.pad_token_id, 0)
+    assert not any(t.is_inference() for t in (out.response_ids, out.response_mask, out.eos_found))
+    weight = torch.ones(out.response_mask.shape, requires_grad=True)
+    (weight * out.response_mask).sum().backward()  # an inference tensor would raise here
+    assert torch.equal(weight.grad, out.response_mask.float())
+
+
+def reference_probs(logits: torch.Tensor, config: SampleConfig) -> torch.Tensor:
+    """HF's own warpers, in ``generate``'s order, as the independent reference."""
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
+    if config.top_k:
+        warpers.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    return torch.softmax(warpers(None, logits[None].clone())[0], -1)
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> tuple[float, float]:
+    """Pearson's statistic over tokens expected >= 5 times (the rest pooled), and its critical
+    value at p = 3e-5 (Wilson-Hilferty), so only a real mismatch fails."""
+    expected = probs.double() * counts.sum()
+    big = expected >= 5
+    observed = torch.cat([counts[big].double(), counts[~big].sum(0, keepdim=True).double()])
+    expected = torch.cat([expected[big], expected[~big].sum(0, keepdim=True)])
+    keep = expected > 0
+    stat = float((((observed - expected) ** 2)[keep] / expected[keep]).sum())
+    df = int(keep.sum()) - 1
+    z = 4.0
+    critical = df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+    return stat, critical
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SampleConfig(1, temperature=0.8),
+        SampleConfig(1, temperature=1.0, top_k=5),
+        SampleConfig(1, temperature=1.0, top_p=0.8),
+        SampleConfig(1, temperature=1.3, top_k=12, top_p=0.7),
+    ],
+    ids=["temperature", "top_k", "top_p", "all_three"],
+)
+def test_first_token_follows_the_warped_softmax(demo, config: SampleConfig) -> None:
+    model, tok = demo
+    one = encode(tok, ["What is 3 + 4?"])
+    with torch.no_grad():
+        logits = model(**one).logits[0, -1]
+    target = reference_probs(logits, config)
+    batch = {k: v.expand(DRAWS, -1) for k, v in one.items()}
+    out = ours(model, batch, config, tok.eos_token_id, tok.pad_token_id, seed=2024)
+    counts = torch.bincount(out.response_ids[:, 0], minlength=logits.shape[-1])
+
+    support = target > 0
+    assert counts[~support].sum() == 0, "drew a token top-k/top-p excludes"
+    assert bool((counts[target >= 0.01] > 0).all()), "never drew a likely allowed token"
+    stat, critical = chi_square(counts, target)
+    assert stat < critical, f"chi-square {stat:.1f} >= {critical:.1f}"
+    # The check has power: plain softmax(logits), the untruncated, unscaled distribution, fails.
+    assert chi_square(counts, torch.softmax(logits, -1))[0] > critical
+
+
+def test_draw_never_picks_a_zero_weight() -> None:
+    weights = torch.tensor([[0.0, 0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 2.0]]).repeat(500, 1)
+    picked = draw(weights, torch.Generator().manual_seed(0))
+    assert set(picked[::2].tolist()) == {1, 2}
+    assert set(picked[1::2].tolist()) == {4}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(max_new_tokens=0),
+        dict(max_new_tokens=4, temperature=0.0),
+        dict(max_new_tokens=4, top_p=0.0),
+        dict(max_new_tokens=4, top_p=1.5),
+        dict(max_new_tokens=4, top_k=-1),
+    ],
+)
+def test_config_rejects_settings_that_cannot_sample(kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        SampleConfig(**kwargs)
+
+
+def test_greedy_ignores_temperature() -> None:
+    assert SampleConfig(4, temperature=0.0, greedy=True).greedy
