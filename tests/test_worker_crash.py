@@ -1,5 +1,6 @@
-"""A worker SIGKILLed in the middle of a reward-model retrain: nothing half-written is
-registered, and the next worker retries the job to the end."""
+"""A worker SIGKILLed in the middle of a reward-model retrain or a PPO round: nothing
+half-written is registered (the previous policy stays live), and the next worker retries the job
+to the end."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs
-from rlhf_loop.store.versions import latest_version
+from rlhf_loop.store.versions import latest_version, live_policy
 from rlhf_loop.worker_launch import settings_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,6 +37,11 @@ def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
         reward_max_length=64,
         queue_depth=1,
         lease_timeout_s=LEASE_S,
+        max_new_tokens=16,
+        ppo_steps=30,
+        ppo_batch_prompts=8,
+        ppo_minibatch=8,
+        ppo_eval_prompts=4,
     )
     (tmp_path / "empty.toml").write_text("")
     return os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}
@@ -74,3 +80,31 @@ def test_killed_mid_retrain_then_retried_to_completion(
     version = latest_version(db, "reward")
     assert version["version"] == 1 and (Path(version["path"]) / "reward_meta.json").is_file()
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_killed_mid_ppo_round_keeps_the_live_policy_then_retries(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 40)
+    env = _env(tmp_path, demo_model_path)
+    command = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
+    jobs.enqueue(db, "train_reward")
+    subprocess.run(command, env=env, cwd=REPO, timeout=300, check=True)  # reward model v1
+    live_before = live_policy(db, "demo")
+    job_id = jobs.enqueue(db, "ppo_round", {"reason": "test"})
+
+    first = subprocess.Popen(command, env=env, cwd=REPO)
+    _wait(lambda: len(jobs.job_metrics(db, job_id)) >= 12 * 3, 180, "PPO steps")  # ~3 steps
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert db["jobs"].get(job_id)["status"] == "running"
+    assert live_policy(db, "demo")["version"] == live_before["version"]  # still the old policy
+    assert not list((tmp_path / "runs").glob("policy/v*"))
+
+    time.sleep(LEASE_S + 0.5)
+    subprocess.run(command, env=env, cwd=REPO, timeout=300, check=True)
+    row = db["jobs"].get(job_id)
+    assert (row["status"], row["attempts"]) == ("done", 2), row["error"]
+    live = live_policy(db, "demo")
+    assert live["version"] > live_before["version"] and Path(live["path"]).is_dir()
