@@ -20,12 +20,20 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument(
         "--idle-exit", type=float, default=None, help="exit after this many idle seconds"
     )
+    commands.add_parser(
+        "ppo-round",
+        help="run one PPO round now (also under accelerate launch / torchrun on several GPUs)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "ppo-round":
+        from rlhf_loop.ppo.cli import run_round_command
+
+        return run_round_command(settings)
     from rlhf_loop.worker import run_worker
 
     return run_worker(settings, idle_exit_s=args.idle_exit)

@@ -1,12 +1,13 @@
 """Rollout sampling: a lean decode loop that does what ``model.generate`` does, with less per step.
 
-Rollouts take most of an RLHF step, and with a small policy on a CPU each decode step is a few
-milliseconds of small ops, so what ``generate`` adds around the forward pass is not noise: its
+Rollouts take most of an RLHF step. With a small policy on a CPU a decode step is a few
+milliseconds of small ops, so what ``generate`` does around the forward pass is not noise: its
 top-p warper sorts the whole vocabulary every step, ``torch.multinomial`` draws one exponential
-variate per vocabulary entry, and the prompt, mask and positions grow by ``torch.cat``. Here the
-prompt is prefilled once, then each step feeds only the new token with the cache; the mask and the
-positions are built once and sliced, tokens go into a preallocated buffer, top-p looks only at the
-few tokens that can be in the nucleus, and a token is drawn by inverse CDF with one uniform per row.
+variate per vocabulary entry, and every row is decoded until the longest has ended. Here the
+prompt is prefilled once (last-position logits only), then each step feeds only the new token
+with the cache; mask and positions are built once and sliced, tokens go into a preallocated
+buffer, top-p looks only at the tokens that can be in a nucleus, a token is drawn by inverse CDF
+with one uniform per row, and rows that have ended are cut from the batch.
 
 The model is only ever called as ``model(...)``, so any Hugging Face causal LM works, peft-wrapped
 or not. The cache is whatever the model builds itself when asked for one (a ``DynamicCache`` for

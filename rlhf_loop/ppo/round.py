@@ -17,6 +17,7 @@ import torch
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.ppo.distributed import World
 from rlhf_loop.ppo.math import AdaptiveKL, FixedKL, RunningMoments, kl_per_token
 from rlhf_loop.ppo.policy import Policy, load_policy, new_policy, save_policy
 from rlhf_loop.ppo.rollout import rollout
@@ -90,43 +91,56 @@ def evaluate_policy(
     }
 
 
-def _load_reward(db: sqlite_utils.Database, settings: Settings):
+def _load_reward(db: sqlite_utils.Database, device: str):
     row = latest_version(db, "reward")
     if row is None:
         raise JobError("no reward model yet: train one before a PPO round")
     try:
-        model, tokenizer, _ = load_reward_model(row["path"], settings.device)
+        model, tokenizer, _ = load_reward_model(row["path"], device)
     except ModelLoadError as exc:
         raise JobError(f"reward model v{row['version']}: {exc}") from None
     return row, (model, tokenizer)
 
 
-def _load_policy(ctx: JobContext, live: dict[str, Any]) -> Policy:
+def _load_policy(ctx: JobContext, live: dict[str, Any], device: str) -> Policy:
     settings = ctx.settings
     ema = settings.ppo_ema_reference > 0
     if live["path"] is None:
-        return new_policy(ctx.policy_path, settings.device, settings.ppo_lora_r, ema)
+        return new_policy(ctx.policy_path, device, settings.ppo_lora_r, ema)
     try:
-        return load_policy(ctx.policy_path, live["path"], settings.device, ema)
+        return load_policy(ctx.policy_path, live["path"], device, ema)
     except ModelLoadError as exc:
         raise JobError(
             f"live policy v{live['version']}: {exc}; roll back to a version whose files exist"
         ) from None
 
 
-def run_ppo_round(ctx: JobContext) -> dict[str, Any]:
+def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]:
+    """One round; under ``accelerate launch`` / ``torchrun`` each process runs this with its
+    ``world`` and only rank 0 evaluates, reports and saves."""
+    world = world or World()
     settings, db = ctx.settings, ctx.db
-    reward_row, reward = _load_reward(db, settings)
+    device = world.device(settings.device)
+    report = ctx.progress if world.is_main else (lambda fraction, message: None)
+    reward_row, reward = _load_reward(db, device)
     train_prompts, eval_prompts = split_prompts(db, settings)
     if not train_prompts:
         raise JobError("no prompts to train on: import some on the Data page")
     live = live_policy(db, settings.model)
-    ctx.progress(0.0, f"loading policy v{live['version']}")
-    policy = _load_policy(ctx, live)
+    report(0.0, f"loading policy v{live['version']}")
+    policy = _load_policy(ctx, live, device)
     config, max_length = sample_config(settings), settings.reward_max_length
     seed = ctx.job.id
-    ctx.progress(0.0, "evaluating the live policy on held-out prompts")
-    before = evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+
+    def held_out(label: str) -> dict[str, Any]:
+        if not (world.is_main and eval_prompts):
+            return {"mean_reward": None, "kl": None, "samples": []}
+        report(
+            0.0 if label == "live" else 1.0, f"evaluating the {label} policy on held-out prompts"
+        )
+        return evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+
+    before = held_out("live")
     kl_control = (
         AdaptiveKL(settings.ppo_kl_coef, settings.ppo_kl_target, KL_HORIZON)
         if settings.ppo_kl_target > 0
@@ -136,9 +150,10 @@ def run_ppo_round(ctx: JobContext) -> dict[str, Any]:
         torch.optim.AdamW(policy.trainable_parameters(), lr=settings.ppo_lr, weight_decay=0.0),
         kl_control,
         RunningMoments(),
-        torch.Generator().manual_seed(seed),
+        torch.Generator(device=policy.device).manual_seed(seed * 1000 + world.rank),
+        world,
     )
-    rng = random.Random(seed)
+    rng = random.Random(seed * 1000 + world.rank)  # each process rolls out its own prompts
     for step in range(1, settings.ppo_steps + 1):
         prompts = rng.sample(train_prompts, min(settings.ppo_batch_prompts, len(train_prompts)))
         batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
@@ -151,18 +166,37 @@ def run_ppo_round(ctx: JobContext) -> dict[str, Any]:
             batch, scores = batch.select(keep), scores[keep]
         stats = ppo_step(policy, batch, scores, state, hyper(settings))
         stats["unscorable"] = float((~keep).sum())
-        ctx.metrics(step, stats)
-        ctx.progress(
+        if world.is_main:
+            ctx.metrics(step, stats)
+        report(
             step / settings.ppo_steps,
             f"step {step}/{settings.ppo_steps}: reward {stats['reward']:.3f}, KL {stats['kl']:.3f}",
         )
-    ctx.progress(1.0, "evaluating the new policy on held-out prompts")
-    after = evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+    if not world.is_main:
+        world.barrier()  # rank 0 saves; the others' replicas are identical
+        return {}
+    after = held_out("new")
+    result = _publish(ctx, policy, live, reward_row, len(eval_prompts), before, after)
+    world.barrier()
+    return result
+
+
+def _publish(
+    ctx: JobContext,
+    policy: Policy,
+    live: dict[str, Any],
+    reward_row: dict[str, Any],
+    eval_count: int,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the adapter as the next version and make it live, in that order."""
+    settings, db = ctx.settings, ctx.db
     version = next_version(db, KIND)
     metrics = {
         "parent_version": live["version"],
         "reward_version": reward_row["version"],
-        "eval_prompts": len(eval_prompts),
+        "eval_prompts": eval_count,
         "reward_before": before["mean_reward"],
         "reward_after": after["mean_reward"],
         "kl_before": before["kl"],

@@ -6,10 +6,11 @@ in TRL's order, and gathers the statistics an operator plots.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from rlhf_loop.ppo.distributed import World
 from rlhf_loop.ppo.math import (
     AdaptiveKL,
     FixedKL,
@@ -53,6 +54,7 @@ class Optimisation:
     kl_control: FixedKL | AdaptiveKL
     moments: RunningMoments
     generator: torch.Generator
+    world: World = field(default_factory=World)
 
 
 def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
@@ -75,8 +77,10 @@ def ppo_step(
     old_logp, old_values, ref_logp = old_outputs(policy, batch)
     # step 2: per-token KL to the reference, penalised in the reward at every token
     kl = kl_per_token(old_logp, ref_logp, "k1")
-    # step 3: the sequence score (scaled by the running spread) added at the last token
-    normalised = normalise_scores(scores.to(device), state.moments)
+    # step 3: the sequence score (scaled by the running spread of every process's scores)
+    # added at the last token
+    everyone, mine = state.world.gather(scores.to(device))
+    normalised = normalise_scores(everyone, state.moments)[mine : mine + len(scores)]
     rewards = token_rewards(
         normalised,
         kl,
@@ -98,22 +102,21 @@ def ppo_step(
             )
             for name, value in minibatch_stats.items():
                 stats.setdefault(name, []).append(value)
-    # step 6: the KL controller sees this batch's KL; an EMA reference trails the policy
-    sequence_kl = (kl * mask).sum(-1).mean().item()
-    state.kl_control.update(sequence_kl, len(scores))
+    # step 6: the KL controller sees the batch's KL (all processes'); an EMA reference trails
+    sequence_kl = state.world.mean({"kl": (kl * mask).sum(-1).mean().item()})["kl"]
+    state.kl_control.update(sequence_kl, len(scores) * state.world.size)
     if hyper.ema_reference:
         ema_update(
             policy.adapter_parameters(REFERENCE),
             policy.adapter_parameters("default"),
             hyper.ema_reference,
         )
-    return {name: sum(v) / len(v) for name, v in stats.items()} | {
+    local = {name: sum(v) / len(v) for name, v in stats.items()} | {
         "reward": scores.mean().item(),
-        "kl": sequence_kl,
-        "kl_coef": state.kl_control.value,
         "response_length": mask.sum(-1).float().mean().item(),
         "ended": batch.eos_found.float().mean().item(),
     }
+    return state.world.mean(local) | {"kl": sequence_kl, "kl_coef": state.kl_control.value}
 
 
 def _update(
@@ -141,6 +144,7 @@ def _update(
     loss = pg_loss + hyper.vf_coef * vf_loss
     state.optimiser.zero_grad(set_to_none=True)
     loss.backward()
+    state.world.average_gradients(policy.trainable_parameters())
     torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), hyper.max_grad_norm)
     state.optimiser.step()
     with torch.no_grad():

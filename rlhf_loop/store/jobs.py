@@ -55,11 +55,17 @@ def enqueue(db: sqlite_utils.Database, kind: str, params: dict[str, Any] | None 
 
 
 def claim(
-    db: sqlite_utils.Database, holder: str, stale_after_s: float, max_attempts: int = 3
+    db: sqlite_utils.Database,
+    holder: str,
+    stale_after_s: float,
+    max_attempts: int = 3,
+    job_id: int | None = None,
 ) -> Job | None:
-    """The oldest runnable job, now running under ``holder``; None when there is none."""
+    """The oldest runnable job (or job ``job_id``), now running under ``holder``; None when
+    there is none."""
     at = now()
     orphaned = "status = 'running' AND heartbeat_at < ?"
+    only = "" if job_id is None else f" AND id = {int(job_id)}"
     with write_txn(db):
         for row in db["jobs"].rows_where(
             f"{orphaned} AND attempts >= ?", [at - stale_after_s, max_attempts]
@@ -73,7 +79,7 @@ def claim(
         row = next(
             iter(
                 db["jobs"].rows_where(
-                    f"status = 'queued' OR ({orphaned})",
+                    f"(status = 'queued' OR ({orphaned})){only}",
                     [at - stale_after_s],
                     order_by="id",
                     limit=1,

@@ -1,0 +1,93 @@
+"""PPO on several processes, as ``accelerate launch`` / ``torchrun`` start it: here two CPU
+processes over gloo, standing in for GPUs (CI has none)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import TEST_PRETRAIN_STEPS
+from store_helpers import fresh_db, oracle_rankings
+
+from rlhf_loop.config import Settings
+from rlhf_loop.ppo.distributed import World
+from rlhf_loop.store import jobs
+from rlhf_loop.store.versions import live_policy
+from rlhf_loop.worker_launch import settings_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _replica(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world = World(rank, 2, rank)
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.full((3,), float(rank + 1))  # different data, different gradients
+    world.average_gradients([param])
+    gathered, mine = world.gather(torch.arange(rank + 1, dtype=torch.float32))
+    results[rank] = (param.grad.tolist(), gathered.tolist(), mine, world.mean({"x": rank * 2.0}))
+    dist.destroy_process_group()
+
+
+def test_replicas_average_gradients_and_share_statistics() -> None:
+    results = mp.Manager().dict()
+    mp.spawn(_replica, args=(_free_port(), results), nprocs=2)
+    for rank in (0, 1):
+        grad, gathered, mine, mean = results[rank]
+        assert grad == [1.5, 1.5, 1.5]  # identical on both: the replicas stay in step
+        assert gathered == [0.0, 0.0, 1.0] and mine == [0, 1][rank]
+        assert mean == {"x": 1.0}
+
+
+def test_ppo_round_on_two_processes_publishes_one_live_version(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 40)
+    settings = Settings(
+        data_dir=str(tmp_path),
+        model_cache_dir=str(demo_model_path.parent),
+        demo_pretrain_steps=TEST_PRETRAIN_STEPS,
+        device="cpu",
+        max_new_tokens=16,
+        reward_epochs=1,
+        reward_max_length=64,
+        ppo_steps=2,
+        ppo_batch_prompts=8,
+        ppo_minibatch=8,
+        ppo_eval_prompts=4,
+        ppo_after_reward=False,
+    )
+    (tmp_path / "empty.toml").write_text("")
+    env = (
+        os.environ
+        | settings_env(settings)
+        | {
+            "RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml"),
+            "OMP_NUM_THREADS": "1",
+        }
+    )
+    jobs.enqueue(db, "train_reward")
+    worker = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
+    subprocess.run(worker, env=env, cwd=REPO, timeout=300, check=True)  # reward model v1
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    launcher += ["--master_port", str(_free_port()), "-m", "rlhf_loop", "ppo-round"]
+    done = subprocess.run(launcher, env=env, cwd=REPO, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    live = live_policy(db, "demo")
+    assert live["path"] is not None and Path(live["path"]).is_dir()
+    (job,) = [j for j in db["jobs"].rows if j["kind"] == "ppo_round"]
+    assert job["status"] == "done" and "2 process(es)" in job["params"]
+    assert {m["name"] for m in jobs.job_metrics(db, job["id"])} >= {"reward", "kl", "clip_frac"}
