@@ -1,13 +1,16 @@
 """Does active selection need fewer human rankings than random order for the same accuracy?
 
-A pool of demo-corpus comparisons (K=4 distinct answers per prompt) is ranked on request by a
-simulated annotator with a hidden preference (answers near five words), noise and ties. Both
+A pool of comparisons is ranked on request by a simulated annotator with a hidden preference
+(answers near five words), noise and ties. The pool is what the app serves: K=4 samples of the
+demo policy per demo prompt (``--pool policy``, the default), or K=4 distinct demo-corpus
+answers per prompt (``--pool corpus``, cleaner data, no near-duplicates). Both
 arms start from the same random rankings; each round retrains the reward model from scratch on
 all rankings so far, measures pairwise accuracy on held-out prompts (ranked without noise), and
 asks for the next batch: the items ``selection_priority`` ranks first (active), or random ones.
 Repeated over seeds; the figure is the number of rankings each arm needs to reach the target.
 
-    python bench/active_selection.py [--seeds 3] [--rounds 8] [--batch 8] [--target 0.93]
+    python bench/active_selection.py [--pool policy] [--seeds 3] [--rounds 8] [--batch 8]
+                                     [--target 0.93]
 
 Writes bench/out/active_selection.json and bench/out/active_selection.png.
 """
@@ -26,11 +29,13 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from rlhf_loop.model.demo_corpus import demo_examples  # noqa: E402
+from rlhf_loop.model.demo_corpus import demo_examples, demo_prompts  # noqa: E402
+from rlhf_loop.model.loader import load_causal_lm  # noqa: E402
 from rlhf_loop.reward.active import score_responses, selection_priority  # noqa: E402
 from rlhf_loop.reward.data import RankingExample  # noqa: E402
 from rlhf_loop.reward.model import load_backbone  # noqa: E402
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model  # noqa: E402
+from rlhf_loop.sampler import SamplingParams, sample_responses  # noqa: E402
 from rlhf_loop.simulate import LengthOracle, SimulatedAnnotator  # noqa: E402
 
 K = 4
@@ -39,13 +44,34 @@ CONFIG = RewardTrainConfig(epochs=4, lr=1e-3, batch_rankings=8, max_length=64)
 Item = tuple[str, list[str]]
 
 
-def corpus_items(seed: int) -> list[Item]:
+def corpus_items(backbone: str) -> list[Item]:
     groups: dict[str, list[str]] = {}
-    for prompt, response in demo_examples(20_000, seed=seed):
+    for prompt, response in demo_examples(20_000, seed=3):
         group = groups.setdefault(prompt, [])
         if response not in group:
             group.append(response)
-    items = [(p, rs[:K]) for p, rs in groups.items() if len(rs) >= K]
+    return [(p, rs[:K]) for p, rs in groups.items() if len(rs) >= K]
+
+
+def policy_items(backbone: str) -> list[Item]:
+    """K samples of the policy per demo prompt, as the worker would queue them."""
+    model, tokenizer = load_causal_lm(backbone, "cpu")
+    torch.manual_seed(0)
+    params = SamplingParams(k=K, temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=24)
+    prompts = demo_prompts(220)
+    items: list[Item] = []
+    for start in range(0, len(prompts), 32):
+        chunk = prompts[start : start + 32]
+        groups = sample_responses(model, tokenizer, chunk, params)
+        items += [(p, [s.text for s in g]) for p, g in zip(chunk, groups, strict=True)]
+    return items
+
+
+POOLS = {"policy": policy_items, "corpus": corpus_items}
+
+
+def shuffled(items: list[Item], seed: int) -> list[Item]:
+    items = items[:]
     random.Random(seed).shuffle(items)
     return items
 
@@ -86,10 +112,13 @@ def rankings_to_reach(curve: list[tuple[int, float]], target: float) -> int | No
     return next((n for n, accuracy in curve if accuracy >= target), None)
 
 
-def compare(backbone: str, seeds: int, rounds: int, batch: int) -> dict[str, list]:
+def compare(
+    backbone: str, seeds: int, rounds: int, batch: int, pool: str = "policy"
+) -> dict[str, list]:
+    items = POOLS[pool](backbone)
     return {
         arm: [
-            learning_curve(backbone, corpus_items(seed), arm, seed, batch, rounds)
+            learning_curve(backbone, shuffled(items, seed), arm, seed, batch, rounds)
             for seed in range(seeds)
         ]
         for arm in ("random", "active")
@@ -125,14 +154,17 @@ def main() -> None:
     from rlhf_loop.model.loader import resolve_model_path
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", choices=sorted(POOLS), default="policy")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--target", type=float, default=0.93)
+    parser.add_argument("--backbone", default=None, help="default: the app's demo model")
     args = parser.parse_args()
-    backbone = resolve_model_path(Settings())
-    curves = compare(backbone, args.seeds, args.rounds, args.batch)
+    backbone = args.backbone or resolve_model_path(Settings())
+    curves = compare(backbone, args.seeds, args.rounds, args.batch, args.pool)
     result = {
+        "pool": args.pool,
         "target": args.target,
         "curves": curves,
         "mean_curve": {arm: mean_curve(runs) for arm, runs in curves.items()},
