@@ -73,6 +73,7 @@ def ppo_step(
 ) -> dict[str, float]:
     device = policy.device
     mask = batch.response_mask.to(device)
+    policy.model.eval()  # no dropout, for models that have it: rollout and update must agree
     # step 1: the rollout's log-probs and values before any update, and the reference's
     old_logp, old_values, ref_logp = old_outputs(policy, batch)
     # step 2: per-token KL to the reference, penalised in the reward at every token
@@ -94,7 +95,6 @@ def ppo_step(
     advantages = masked_whiten(advantages, mask)
     # step 5: several epochs of clipped policy and value updates on shuffled minibatches
     stats: dict[str, list[float]] = {}
-    policy.model.train()
     for _ in range(hyper.epochs):
         for idx in minibatch_indices(len(scores), hyper.minibatch, state.generator):
             minibatch_stats = _update(
@@ -144,8 +144,9 @@ def _update(
     loss = pg_loss + hyper.vf_coef * vf_loss
     state.optimiser.zero_grad(set_to_none=True)
     loss.backward()
-    state.world.average_gradients(policy.trainable_parameters())
-    torch.nn.utils.clip_grad_norm_(policy.trainable_parameters(), hyper.max_grad_norm)
+    params = [p for group in state.optimiser.param_groups for p in group["params"]]
+    state.world.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
     state.optimiser.step()
     with torch.no_grad():
         entropy = masked_mean(entropy_from_logits(response_logits.detach()), mask)
