@@ -43,6 +43,7 @@ DEMO_LOOP_SETTINGS = {
     "ppo_minibatch": 16,
     "ppo_lr": 2e-3,
     "ppo_eval_prompts": 24,
+    "ppo_kl_coef": 0.15,
 }
 
 
