@@ -46,7 +46,7 @@ class Sample:
     finished: bool  # ended with the end-of-sequence token rather than the length limit
 
 
-def _prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
+def prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     """Prompt tokens that fit beside the response in the model's context, if it has a limit."""
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(
         model.config, "n_positions", None
@@ -64,7 +64,7 @@ def sample_responses(
     """K samples for each prompt; over-long prompts keep their end (where the question is)."""
     if not prompts:
         return []
-    budget = _prompt_budget(model, params.max_new_tokens)
+    budget = prompt_budget(model, params.max_new_tokens)
     tokenizer.truncation_side = "left"
     batch = tokenizer(
         [format_prompt(tokenizer, p) for p in prompts],

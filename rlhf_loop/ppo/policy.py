@@ -12,9 +12,6 @@ the value head's weights and a metadata file, written to a temporary directory a
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
+from rlhf_loop.artefacts import write_directory
 from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
 
 VALUE_HEAD_FILE = "value_head.pt"
@@ -110,19 +108,13 @@ def _add_reference_adapter(policy: Policy, lora_r: int) -> None:
 
 def save_policy(policy: Policy, final_dir: Path, meta: dict[str, Any]) -> Path:
     """Adapter + value head + metadata, complete before it appears under its final name."""
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         policy.model.save_pretrained(tmp, selected_adapters=["default"])
         torch.save(policy.value_head.state_dict(), tmp / VALUE_HEAD_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if final_dir.exists():  # an unregistered leftover of a crash after the rename
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final_dir
+
+    return write_directory(final_dir, write)
 
 
 def merged_model(base_path: str, version_dir: str | Path, out_dir: Path) -> Path:

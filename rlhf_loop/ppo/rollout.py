@@ -13,6 +13,7 @@ import torch
 from rlhf_loop.model.prompting import format_prompt
 from rlhf_loop.ppo.policy import Policy
 from rlhf_loop.ppo.rollout_sampling import SampleConfig, sample_tokens
+from rlhf_loop.sampler import prompt_budget
 
 
 @dataclass
@@ -52,12 +53,6 @@ class Rollout:
         return per_position[:, start : start + self.response_ids.shape[1]]
 
 
-def prompt_budget(policy: Policy, max_new_tokens: int) -> int | None:
-    config = policy.model.config
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    return None if limit is None else max(1, limit - max_new_tokens)
-
-
 @torch.no_grad()
 def rollout(
     policy: Policy,
@@ -68,7 +63,7 @@ def rollout(
 ) -> Rollout:
     tokenizer = policy.tokenizer
     rows = [p for p in prompts for _ in range(samples_per_prompt)]
-    budget = prompt_budget(policy, config.max_new_tokens)
+    budget = prompt_budget(policy.model, config.max_new_tokens)
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     query = tokenizer(
         [format_prompt(tokenizer, p) for p in rows],

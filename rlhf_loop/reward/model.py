@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
+from rlhf_loop.artefacts import write_directory
 from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device
 
 META_FILE = "reward_meta.json"
@@ -104,22 +102,16 @@ def save_reward_model(
     meta: dict[str, Any],
     final_dir: Path,
 ) -> Path:
-    """Write to a temporary directory beside ``final_dir``, then rename: a crash mid-save leaves
-    no half-written version where a reader could find it."""
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
-    try:
+    """Complete before it appears under its final name: a crash mid-save leaves no
+    half-written version where a reader could find it."""
+
+    def write(tmp: Path) -> None:
         to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
         to_save.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if final_dir.exists():  # an unregistered leftover of a crash after the rename
-            shutil.rmtree(final_dir)
-        os.replace(tmp, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final_dir
+
+    return write_directory(final_dir, write)
 
 
 def load_reward_model(
