@@ -3,20 +3,17 @@ processes over gloo, standing in for GPUs (CI has none)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
-from rlhf_loop.ppo.distributed import World
 from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import live_policy
 from rlhf_loop.worker_launch import settings_env
@@ -30,25 +27,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _replica(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    world = World(rank, 2, rank)
-    param = torch.nn.Parameter(torch.ones(3))
-    param.grad = torch.full((3,), float(rank + 1))  # different data, different gradients
-    world.average_gradients([param])
-    gathered, mine = world.gather(torch.arange(rank + 1, dtype=torch.float32))
-    results[rank] = (param.grad.tolist(), gathered.tolist(), mine, world.mean({"x": rank * 2.0}))
-    dist.destroy_process_group()
+def _torchrun(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        *args,
+    ]
 
 
-def test_replicas_average_gradients_and_share_statistics() -> None:
-    results = mp.Manager().dict()
-    mp.spawn(_replica, args=(_free_port(), results), nprocs=2)
-    for rank in (0, 1):
-        grad, gathered, mine, mean = results[rank]
-        assert grad == [1.5, 1.5, 1.5]  # identical on both: the replicas stay in step
-        assert gathered == [0.0, 0.0, 1.0] and mine == [0, 1][rank]
-        assert mean == {"x": 1.0}
+def test_replicas_average_gradients_and_share_statistics(tmp_path: Path) -> None:
+    env = os.environ | {
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "REPLICA_OUT": str(tmp_path),
+    }
+    done = subprocess.run(
+        _torchrun(str(REPO / "tests" / "distributed_replica.py")),
+        env=env,
+        cwd=REPO,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    views = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [v["rank"] for v in views] == [0, 1]
+    for view in views:
+        assert view["grad"] == [1.5, 1.5, 1.5]  # identical on both: the replicas stay in step
+        assert view["gathered"] == [0.0, 0.0, 1.0] and view["mine"] == [0, 1][view["rank"]]
+        assert view["mean"] == {"x": 1.0}
 
 
 def test_ppo_round_on_two_processes_publishes_one_live_version(
@@ -82,9 +94,14 @@ def test_ppo_round_on_two_processes_publishes_one_live_version(
     jobs.enqueue(db, "train_reward")
     worker = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
     subprocess.run(worker, env=env, cwd=REPO, timeout=300, check=True)  # reward model v1
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    launcher += ["--master_port", str(_free_port()), "-m", "rlhf_loop", "ppo-round"]
-    done = subprocess.run(launcher, env=env, cwd=REPO, timeout=300, capture_output=True, text=True)
+    done = subprocess.run(
+        _torchrun("-m", "rlhf_loop", "ppo-round"),
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     live = live_policy(db, "demo")
     assert live["path"] is not None and Path(live["path"]).is_dir()
