@@ -9,6 +9,7 @@ so an app or worker started with ``RLHF_LOOP_DEMO_PRETRAIN_STEPS=TEST_PRETRAIN_S
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Tests start workers and Streamlit beside this process on 2 cores: spinning OpenMP threads
@@ -35,3 +36,14 @@ def demo_spec() -> DemoSpec:
 @pytest.fixture(scope="session")
 def demo_model_path(demo_spec: DemoSpec) -> Path:
     return ensure_demo_model(TEST_MODEL_CACHE, demo_spec)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test, restored after it (for tests on tiny tensors)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

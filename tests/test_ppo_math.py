@@ -8,7 +8,6 @@ shared mistake is unlikely to pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -36,14 +35,8 @@ from rlhf_loop.ppo.math import (
     value_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: thread start-up, not arithmetic, dominates on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: thread start-up, not arithmetic, dominates on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- helpers ------------------------------------------------------------------------------------

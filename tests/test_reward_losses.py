@@ -7,7 +7,6 @@ that they show what the losses drive rewards towards, not what a network can rep
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -26,14 +25,8 @@ from rlhf_loop.reward.losses import (
     utility,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """These tensors are tiny: thread start-up, not arithmetic, dominates on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: thread start-up, not arithmetic, dominates on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- data helpers -------------------------------------------------------------------------------
