@@ -1,4 +1,4 @@
-"""Training page (operators): start a reward-model retrain, watch it live, compare versions."""
+"""Training page (operators): start retrains and PPO rounds, watch them live, compare versions."""
 
 import streamlit as st
 
@@ -19,16 +19,21 @@ config = settings()
 db = database()
 st.title("Training")
 
-left, right = st.columns([1, 2])
-if left.button("Train reward model now", type="primary", icon=":material/model_training:"):
+reward_col, ppo_col, note_col = st.columns([1, 1, 2])
+if reward_col.button("Train reward model now", type="primary", icon=":material/model_training:"):
     job_id = enqueue(db, "train_reward", {"reason": "operator"})
     st.toast(f"Reward-model training queued as job {job_id}")
+if ppo_col.button("Run a PPO round now", icon=":material/rocket_launch:"):
+    job_id = enqueue(db, "ppo_round", {"reason": "operator"})
+    st.toast(f"PPO round queued as job {job_id}")
 every = config.reward_retrain_every
-right.caption(
-    f"Retrains automatically every {every} new rankings."
+schedule = (
+    f"The reward model retrains every {every} new rankings"
     if every
-    else "Automatic retraining is off."
+    else "Automatic retraining is off"
 )
+follow = "; a PPO round follows each retrain." if config.ppo_after_reward else "."
+note_col.caption(schedule + follow)
 
 
 def export_zip(version_dir: str, merged: bool) -> bytes:

@@ -171,6 +171,8 @@ def test_training_page_queues_a_retrain_once_and_lists_versions(data_dir: Path) 
     button.click().run()
     next(b for b in at.button if b.label == "Train reward model now").click().run()
     assert [(j["kind"], j["status"]) for j in db["jobs"].rows] == [("train_reward", "queued")]
+    next(b for b in at.button if b.label == "Run a PPO round now").click().run()
+    assert [j["kind"] for j in db["jobs"].rows] == ["train_reward", "ppo_round"]
     register_version(db, "reward", 1, data_dir / "v1", "demo", {"pairwise_accuracy": 0.9})
     at.run()
     versions = next(d.value for d in at.dataframe if "pairwise accuracy" in d.value.columns)
@@ -194,3 +196,32 @@ def test_a_locked_database_refuses_the_submit_and_keeps_the_typed_ranking(
     assert at.text_input(key="typed-1").value == "1 2 2 3"  # nothing the annotator typed is lost
     at.button[0].click().run()
     assert json.loads(db["rankings"].get(1)["ranks"]) == [1, 2, 2, 3]
+
+
+def test_training_page_compares_policy_versions_and_refuses_a_rollback_to_missing_files(
+    data_dir: Path,
+) -> None:
+    db = fresh_db(data_dir)
+    base = register_version(db, "policy", 0, None, "demo", {}, live=True)
+    for version, answer in ((1, "It is 4."), (2, "Four, I think.")):
+        path = data_dir / f"v{version}"
+        path.mkdir()
+        meta = {
+            "metrics": {"parent_version": version - 1},
+            "samples_before": [{"prompt": "What is 2 + 2?", "response": "<b>2</b>"}],
+            "samples_after": [{"prompt": "What is 2 + 2?", "response": answer}],
+        }
+        (path / "policy_meta.json").write_text(json.dumps(meta))
+        register_version(db, "policy", version, path, "demo", meta["metrics"], base, live=True)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    at.switch_page("pages/training.py").run()
+    assert "Side by side" in [h.value for h in at.subheader]
+    texts = [t.value for t in at.text]
+    assert "It is 4." in texts and "Four, I think." in texts  # v1 beside v2, as plain text
+    (data_dir / "v1" / "policy_meta.json").unlink()
+    (data_dir / "v1").rmdir()
+    rollback = next(s for s in at.selectbox if s.label.startswith("Make a version live"))
+    rollback.select(1)
+    next(b for b in at.button if b.label == "Make live").click().run()
+    assert "files are missing" in at.error[0].value
+    assert [r["version"] for r in db["model_versions"].rows_where("live = 1")] == [2]

@@ -126,3 +126,22 @@ def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
     assert metrics[("unscorable", 1)] == 1.0
     assert metrics[("ended", 1)] < 0.5
     assert live_policy(trained, "demo")["path"] is not None  # the round still completed
+
+
+def test_round_with_an_ema_reference_trains_and_moves_the_reference(
+    trained, tmp_path: Path, demo_model_path: Path
+) -> None:
+    ctx = context(trained, tmp_path, demo_model_path, "ppo_round", ppo_ema_reference=0.9)
+    result = ppo_round.run_ppo_round(ctx)
+    assert result["kl_after"] is not None
+    assert live_policy(trained, "demo")["version"] == result["version"]
+
+
+def test_a_retrain_queues_a_ppo_round_when_asked(tmp_path: Path, demo_model_path: Path) -> None:
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 30)
+    run_train_reward(context(db, tmp_path, demo_model_path, "train_reward", ppo_after_reward=True))
+    queued = [j for j in db["jobs"].rows if j["kind"] == "ppo_round"]
+    assert [j["status"] for j in queued] == ["queued"] and "after reward model v1" in queued[0][
+        "params"
+    ]
