@@ -19,7 +19,7 @@ def test_enqueue_does_not_pile_up_and_claims_are_exclusive(tmp_path: Path) -> No
     jobs.record_metrics(db, first, 3, {"loss": 0.7, "nu": 1.0})
     jobs.finish(db, first, {"version": 1})
     row = db["jobs"].get(first)
-    assert row["status"] == "done" and row["progress"] == 0.5
+    assert (row["status"], row["progress"], row["message"]) == ("done", 1.0, "done")
     assert {m["name"] for m in jobs.job_metrics(db, first)} == {"loss", "nu"}
     assert jobs.enqueue(db, "train_reward") != first  # a finished job does not block a new one
 

@@ -140,7 +140,14 @@ def record_metrics(
 
 def finish(db: sqlite_utils.Database, job_id: int, result: dict[str, Any]) -> None:
     with write_txn(db):
-        _close(db, job_id, "done", result=json.dumps(result, sort_keys=True))
+        _close(
+            db,
+            job_id,
+            "done",
+            result=json.dumps(result, sort_keys=True),
+            progress=1.0,
+            message="done",
+        )
 
 
 def fail(db: sqlite_utils.Database, job_id: int, error: str) -> None:
