@@ -47,3 +47,15 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module() -> Iterator[None]:
+    """AppTest leaves ``sys.modules["__main__"]`` pointing at the app script; a later
+    multiprocessing "spawn" child would then re-run the app as its main module and start a
+    worker on the default data dir. Put the real main module back after every test."""
+    import sys
+
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
