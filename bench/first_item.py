@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,15 +24,10 @@ REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 sys.path.insert(0, str(REPO))
 
+from bench.app_server import CHROMIUM, CHROMIUM_ARGS, start_app  # noqa: E402
 from rlhf_loop.store import leases  # noqa: E402
 from rlhf_loop.store.db import open_db  # noqa: E402
 from rlhf_loop.worker import LEASE  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_to_first_item(data_dir: Path, cache_dir: Path, label: str) -> float:
@@ -46,39 +39,15 @@ def launch_to_first_item(data_dir: Path, cache_dir: Path, label: str) -> float:
         "RLHF_LOOP_DATA_DIR": str(data_dir),
         "RLHF_LOOP_MODEL_CACHE_DIR": str(cache_dir),
     }
-    port = _free_port()
     started = time.perf_counter()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server, url = start_app(env)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             for _ in range(600):
                 try:
-                    page.goto(f"http://127.0.0.1:{port}/?annotator=newcomer")
+                    page.goto(f"{url}/?annotator=newcomer")
                     break
                 except Exception:  # the server is still starting
                     time.sleep(0.1)

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.app_server import CHROMIUM, CHROMIUM_ARGS, start_app  # noqa: E402
 from rlhf_loop.prompt_import import ParsedPrompts, PromptRow  # noqa: E402
 from rlhf_loop.sampler import Sample  # noqa: E402
 from rlhf_loop.store.annotators import annotator_id  # noqa: E402
@@ -84,12 +83,6 @@ def bench_store(workdir: Path, items: int, history: int) -> dict[str, float]:
     return summary(times)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_browser(workdir: Path, items: int) -> dict[str, dict[str, float]]:
     """Seconds from Enter to the next prompt on screen, and to the page being usable again."""
     from playwright.sync_api import sync_playwright
@@ -101,29 +94,7 @@ def bench_browser(workdir: Path, items: int) -> dict[str, dict[str, float]]:
         "RLHF_LOOP_DATA_DIR": str(workdir),
         "RLHF_LOOP_AUTO_START_WORKER": "false",
     }
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.address",
-            "127.0.0.1",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_app(env)
     try:
         for _ in range(300):
             try:
@@ -132,10 +103,7 @@ def bench_browser(workdir: Path, items: int) -> dict[str, dict[str, float]]:
             except OSError:
                 time.sleep(0.1)
         with sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path="/usr/bin/chromium",
-                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page()
             page.goto(f"{url}/?annotator=bench")
             page.get_by_text("bench prompt 0", exact=True).wait_for(timeout=60_000)

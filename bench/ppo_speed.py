@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import math
@@ -62,52 +61,23 @@ VENV_PYTHON = VENV / "bin" / "python"
 VENV_PACKAGES = ["torch==2.13.0", "trl==1.12.0", "peft", "transformers"]
 sys.path.insert(0, str(REPO))
 
+from bench.probes import (  # noqa: E402
+    PAGE,
+    machine_busy_s,
+    peak_rss_mib,
+    reset_peak_rss,
+    rss_mib,
+    trim_heap,
+)
+
 ARMS = ("ours", "trl_ppo", "grpo")
 SEED = 0
 REWARD_SEED = 1234  # the reward model's fresh score head
 PROMPT_POOL = 128  # distinct demo prompts every arm draws its batches from
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 # ---------------------------------------------------------------------------------------------
 # Memory and contention probes (stdlib only: the TRL 1.12 child imports this file too)
 # ---------------------------------------------------------------------------------------------
-
-
-def trim_heap() -> None:
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores; idle and iowait excluded)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_parts_mib() -> tuple[float, float]:

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
 import copy
-import ctypes
 import gc
 import json
 import math
@@ -52,6 +50,13 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
 
+from bench.probes import (  # noqa: E402
+    machine_busy_s,
+    peak_rss_mib,
+    reset_peak_rss,
+    rss_mib,
+    trim_heap,
+)
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.model.demo_build import ensure_demo_model, spec_from_settings  # noqa: E402
 from rlhf_loop.model.demo_corpus import demo_examples  # noqa: E402
@@ -70,7 +75,6 @@ HELD_OUT_RANKINGS = 64
 DEFAULT_N = {4: 960, 8: 320}
 WARMUP_STEPS = 2
 INIT_SEED = 0  # the score head is fresh: same seed, same initial weights in both arms
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,44 +167,6 @@ def held_out_accuracy(
 # ---------------------------------------------------------------------------------------------
 
 
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc), so RSS before training counts live memory,
-    not what the warm-up freed but malloc kept; the same for both arms."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE / 2**20
-
-
-def reset_peak_rss() -> bool:
-    """Linux >= 4.0: writing 5 to clear_refs resets VmHWM, the peak RSS, to the current RSS."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_since_reset_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores, idle and iowait excluded)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
 class Window:
     """Wall time, process CPU time and RSS growth of one block of work, and how much CPU other
     processes took meanwhile (the machine is shared: contention slows either arm)."""
@@ -220,7 +186,7 @@ class Window:
         self.wall = time.perf_counter() - self.t0
         self.cpu = time.process_time() - self.cpu0
         self.others = max(0.0, machine_busy_s() - self.busy0 - self.cpu)
-        self.peak = peak_rss_since_reset_mib() if self.reset_ok else math.nan
+        self.peak = peak_rss_mib() if self.reset_ok else math.nan
         self.load_after = os.getloadavg()[0]
 
     def record(self) -> dict[str, float]:
