@@ -1,16 +1,30 @@
-"""rlhf-loop: the Streamlit entry point. Run with ``streamlit run app.py``."""
+"""rlhf-loop: the Streamlit entry point. Run with ``streamlit run app.py``.
+
+Annotators see the Rank page (and the operator sign-in); a signed-in operator also sees the
+operator pages. A page that is not in the navigation cannot be opened by its URL either.
+"""
 
 import streamlit as st
 
-from pages.common import start_worker_if_needed
+from pages.common import is_operator, start_worker_if_needed
 
 st.set_page_config(page_title="rlhf-loop", page_icon=":material/sort:", layout="wide")
-navigation = st.navigation(
-    [
-        st.Page("pages/rank.py", title="Rank", icon=":material/sort:", default=True),
-        st.Page("pages/data.py", title="Data", icon=":material/database:"),
-        st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+rank = st.Page("pages/rank.py", title="Rank", icon=":material/sort:", default=True)
+if is_operator():
+    pages = {
+        "Annotate": [rank],
+        "Operate": [
+            st.Page("pages/dashboard.py", title="Dashboard", icon=":material/monitoring:"),
+            st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
+            st.Page("pages/data.py", title="Data", icon=":material/database:"),
+            st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
+        ],
+    }
+else:
+    pages = [
+        rank,
+        st.Page("pages/sign_in.py", title="Operator sign-in", icon=":material/lock:"),
     ]
-)
+navigation = st.navigation(pages)
 start_worker_if_needed()
 navigation.run()

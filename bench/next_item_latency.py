@@ -28,10 +28,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.app_server import CHROMIUM, CHROMIUM_ARGS, start_app  # noqa: E402
 from rlhf_loop.prompt_import import ParsedPrompts, PromptRow  # noqa: E402
-from rlhf_loop.sampler import Sample  # noqa: E402
 from rlhf_loop.store.annotators import annotator_id  # noqa: E402
 from rlhf_loop.store.db import open_db  # noqa: E402
-from rlhf_loop.store.generations import add_comparisons, live_policy_version  # noqa: E402
+from rlhf_loop.store.generations import (  # noqa: E402
+    Sample,
+    add_comparisons,
+    live_policy_version,
+)
 from rlhf_loop.store.prompts import add_prompts  # noqa: E402
 from rlhf_loop.store.submissions import submit  # noqa: E402
 from rlhf_loop.store.tasks import next_task  # noqa: E402

@@ -6,12 +6,23 @@ themselves only render and delegate to ``rlhf_loop``.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+
 import sqlite_utils
 import streamlit as st
 
+from rlhf_loop.auth import CredentialError, configured_hash, one_off_password, verify_password
 from rlhf_loop.config import ConfigError, Settings, load_settings
-from rlhf_loop.store.annotators import AnnotatorNameError, annotator_id, clean_name
+from rlhf_loop.store.annotators import (
+    AnnotatorNameError,
+    annotator_id,
+    clean_name,
+    record_operator_sign_in,
+)
 from rlhf_loop.store.db import StoreError, open_db
+from rlhf_loop.store.events import log_event
 from rlhf_loop.store.leases import live_holder
 from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker, recent_failure
@@ -92,3 +103,69 @@ def ask_annotator_name() -> None:
                 st.error(str(exc))
             else:
                 st.rerun()
+
+
+# A session that fails this many sign-ins in a row waits LOCKOUT_S before the next try.
+MAX_FAILED_SIGN_INS = 5
+LOCKOUT_S = 60.0
+
+
+@st.cache_resource(show_spinner=False)
+def operator_hash() -> str:
+    """The configured hash, or a one-off password's, made once per server start and printed to
+    the terminal that runs ``streamlit run`` (only whoever started the app can read it)."""
+    try:
+        secrets = dict(st.secrets)
+    except FileNotFoundError:  # no secrets.toml anywhere: Streamlit raises on first access
+        secrets = {}
+    configured = configured_hash(os.environ, secrets)
+    if configured:
+        return configured
+    password, encoded = one_off_password()
+    print(
+        f"\n  rlhf-loop operator password for this run: {password}\n"
+        "  (set a lasting one: python -m rlhf_loop hash-password, see README)\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    return encoded
+
+
+def is_operator() -> bool:
+    return bool(st.session_state.get("operator"))
+
+
+def require_operator() -> None:
+    """Every operator page starts here: navigation hides these pages from annotators, and this
+    stops one that is reached anyway (an old link, a session that signed out in another tab)."""
+    if not is_operator():
+        st.error("This page is for operators. Sign in on the Operator sign-in page.")
+        st.stop()
+
+
+def sign_in(name: str, password: str) -> str | None:
+    """Check the credential; returns why it failed, or None when the session is an operator."""
+    locked_until = st.session_state.get("locked_until", 0.0)
+    if time.time() < locked_until:
+        return f"Too many failed attempts; try again in {locked_until - time.time():.0f} s."
+    try:
+        name = clean_name(name)
+        encoded = operator_hash()
+    except (AnnotatorNameError, CredentialError) as exc:
+        return str(exc)
+    if not verify_password(password, encoded):
+        failures = st.session_state.get("failed_sign_ins", 0) + 1
+        st.session_state["failed_sign_ins"] = failures
+        if failures >= MAX_FAILED_SIGN_INS:
+            st.session_state["locked_until"] = time.time() + LOCKOUT_S
+            st.session_state["failed_sign_ins"] = 0
+        log_event(database(), "operator_sign_in_failed", name=name)
+        return "Wrong password."
+    st.session_state["operator"] = name
+    st.session_state["failed_sign_ins"] = 0
+    record_operator_sign_in(database(), name)
+    return None
+
+
+def sign_out() -> None:
+    st.session_state.pop("operator", None)

@@ -2,12 +2,13 @@
 
 import streamlit as st
 
-from pages.common import database, settings
+from pages.common import database, require_operator, settings
 from rlhf_loop.export import pair_records, ranking_records, to_jsonl
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
 from rlhf_loop.store.prompts import add_prompts
 
+require_operator()
 config = settings()
 db = database()
 st.title("Data")

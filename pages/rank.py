@@ -163,7 +163,9 @@ def actions(task: Task) -> None:
 
 
 try:
-    task = next_task(db, annotator, config.overlap, config.assignment_timeout_s)
+    task = next_task(
+        db, annotator, config.overlap, config.assignment_timeout_s, gold_every=config.gold_every
+    )
 except StoreError as exc:
     st.error(f"{exc}. Reload the page in a moment.")
     st.stop()

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import database, settings, show_worker_state
+from pages.common import database, require_operator, settings, show_worker_state
 from rlhf_loop.reports import (
     PPO_CURVES,
     jobs_table,
@@ -15,6 +15,7 @@ from rlhf_loop.reports import (
 from rlhf_loop.store.jobs import enqueue
 from rlhf_loop.store.versions import set_live_policy
 
+require_operator()
 config = settings()
 db = database()
 st.title("Training")

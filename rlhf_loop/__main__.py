@@ -24,7 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         "ppo-round",
         help="run one PPO round now (also under accelerate launch / torchrun on several GPUs)",
     )
+    commands.add_parser(
+        "hash-password",
+        help="make the operator credential: prints a hash for secrets.toml or the environment",
+    )
     args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        from rlhf_loop.auth_cli import hash_password_command
+
+        return hash_password_command()
     try:
         settings = load_settings()
     except ConfigError as exc:

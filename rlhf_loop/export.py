@@ -2,7 +2,9 @@
 
 The pairs file has exactly TRL's explicit-prompt preference columns (prompt, chosen, rejected),
 so ``load_dataset("json", data_files=...)`` feeds ``trl.RewardTrainer`` as it is. Ties yield no
-pair there (TRL has no tie), flagged and retracted answers are left out of both files.
+pair there (TRL has no tie), flagged and retracted answers are left out of both files. So are
+answers to gold items (they check annotators; the known order is the operator's, not theirs) and
+answers on prompts an operator retired.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ _LIVE_RANKINGS = """
     JOIN comparisons c ON c.id = r.comparison_id
     JOIN prompts p ON p.id = c.prompt_id
     WHERE r.retracted_at IS NULL AND r.status = 'ranked'
+      AND c.gold_ranks IS NULL AND p.retired_at IS NULL
     ORDER BY r.id
 """
 

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.config import Settings
 from rlhf_loop.model.prompting import format_prompt
+from rlhf_loop.store.generations import Sample
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,6 @@ class SamplingParams:
     def record(self, model_name: str) -> dict[str, object]:
         """What is stored with each generation, so a response can be reproduced in kind."""
         return {**asdict(self), "model": model_name}
-
-
-@dataclass(frozen=True)
-class Sample:
-    text: str
-    token_count: int
-    finished: bool  # ended with the end-of-sequence token rather than the length limit
 
 
 def prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:

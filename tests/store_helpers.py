@@ -7,9 +7,8 @@ from pathlib import Path
 import sqlite_utils
 
 from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
-from rlhf_loop.sampler import Sample
 from rlhf_loop.store.db import open_db
-from rlhf_loop.store.generations import add_comparisons, live_policy_version
+from rlhf_loop.store.generations import Sample, add_comparisons, live_policy_version
 from rlhf_loop.store.prompts import add_prompts
 
 

@@ -10,9 +10,8 @@ import pytest
 from store_helpers import add_texts, fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
-from rlhf_loop.sampler import Sample
 from rlhf_loop.store.annotators import annotator_id
-from rlhf_loop.store.generations import add_comparisons, live_policy_version
+from rlhf_loop.store.generations import Sample, add_comparisons, live_policy_version
 from rlhf_loop.store.versions import register_version
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -33,6 +32,14 @@ def rank_page(annotator: str | None = "ada") -> AppTest:
     if annotator:
         at.query_params["annotator"] = annotator
     return at.run()
+
+
+def operator_page(page: str) -> AppTest:
+    """A signed-in operator's session on ``page`` (signing in itself: tests/test_roles.py)."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.session_state["operator"] = "olga"
+    at.run()
+    return at.switch_page(page).run()
 
 
 def shown_texts(at: AppTest) -> list[str]:
@@ -137,8 +144,7 @@ def test_empty_queue_says_so(data_dir: Path) -> None:
 
 def test_data_page_imports_and_refuses_a_malformed_file_whole(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    at = AppTest.from_file(APP, default_timeout=30).run()
-    at.switch_page("pages/data.py").run()
+    at = operator_page("pages/data.py")
     at.file_uploader[0].set_value(("p.jsonl", b'{"prompt": "a"}\n{"prompt": 3}\n', "text/plain"))
     at.button[0].click().run()
     assert "line 2" in at.error[0].value and "Nothing was imported" in at.error[0].value
@@ -153,8 +159,7 @@ def test_data_page_counts_and_offers_both_exports(data_dir: Path) -> None:
     db = fresh_db(data_dir)
     make_comparisons(db, 2)
     annotator_id(db, "ada")
-    at = AppTest.from_file(APP, default_timeout=30).run()
-    at.switch_page("pages/data.py").run()
+    at = operator_page("pages/data.py")
     assert [m.value for m in at.metric] == ["2", "8", "2", "0"]
     assert [b.label for b in at.get("download_button")] == [
         "Full rankings (JSONL)",
@@ -164,8 +169,7 @@ def test_data_page_counts_and_offers_both_exports(data_dir: Path) -> None:
 
 def test_training_page_queues_a_retrain_once_and_lists_versions(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    at = AppTest.from_file(APP, default_timeout=30).run()
-    at.switch_page("pages/training.py").run()
+    at = operator_page("pages/training.py")
     assert any("No reward model yet" in c.value for c in at.caption)
     button = next(b for b in at.button if b.label == "Train reward model now")
     button.click().run()
@@ -213,8 +217,7 @@ def test_training_page_compares_policy_versions_and_refuses_a_rollback_to_missin
         }
         (path / "policy_meta.json").write_text(json.dumps(meta))
         register_version(db, "policy", version, path, "demo", meta["metrics"], base, live=True)
-    at = AppTest.from_file(APP, default_timeout=30).run()
-    at.switch_page("pages/training.py").run()
+    at = operator_page("pages/training.py")
     assert "Side by side" in [h.value for h in at.subheader]
     texts = [t.value for t in at.text]
     assert "It is 4." in texts and "Four, I think." in texts  # v1 beside v2, as plain text

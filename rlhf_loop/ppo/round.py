@@ -26,6 +26,7 @@ from rlhf_loop.ppo.scoring import UnscorableBatch, score, usable
 from rlhf_loop.ppo.step import Optimisation, PPOHyper, old_outputs, ppo_step
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.reward.model import load_reward_model
+from rlhf_loop.store.prompts import prompt_texts_in_use
 from rlhf_loop.store.versions import latest_version, live_policy, next_version, register_version
 
 KIND = "policy"
@@ -59,7 +60,7 @@ def sample_config(settings: Settings) -> SampleConfig:
 def split_prompts(db: sqlite_utils.Database, settings: Settings) -> tuple[list[str], list[str]]:
     """Training prompts, and held-out ones: the reward model's held-out share, so neither the
     reward model nor PPO has trained on what a round is judged by."""
-    texts = [r["text"] for r in db["prompts"].rows_where(select="text", order_by="id")]
+    texts = prompt_texts_in_use(db)
     held = [t for t in texts if is_held_out(t, settings.reward_heldout_fraction)]
     train = [t for t in texts if not is_held_out(t, settings.reward_heldout_fraction)]
     return train, held[: settings.ppo_eval_prompts]

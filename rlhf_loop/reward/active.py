@@ -77,8 +77,9 @@ def reprioritise(
     max_length: int,
     comparison_ids: list[int] | None = None,
 ) -> int:
-    """Score comparisons nobody has been served yet (or the given ones); returns how many."""
-    where = "id NOT IN (SELECT comparison_id FROM assignments)"
+    """Score comparisons nobody has been served yet (or the given ones); returns how many.
+    Gold items are served on their own schedule, so they are never scored."""
+    where = "gold_ranks IS NULL AND id NOT IN (SELECT comparison_id FROM assignments)"
     if comparison_ids is not None:
         where = f"id IN ({','.join(map(str, comparison_ids))})"
     comparisons = list(db["comparisons"].rows_where(where))

@@ -46,3 +46,13 @@ def annotator_id(db: sqlite_utils.Database, name: str, role: str = "annotator") 
 def _lookup(db: sqlite_utils.Database, name: str) -> int | None:
     rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
     return rows[0]["id"] if rows else None
+
+
+def record_operator_sign_in(db: sqlite_utils.Database, name: str) -> int:
+    """Operators are people in the same table, with the role that lets them in; the sign-in is
+    in the audit log, so every operator action can be traced to a name."""
+    person = annotator_id(db, name, role="operator")
+    with write_txn(db):
+        db["annotators"].update(person, {"role": "operator"})
+        log_event(db, "operator_signed_in", person, name=name)
+    return person

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import sqlite_utils
 
-from rlhf_loop.sampler import Sample
 from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.versions import live_policy
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response as stored; defined here, not in the sampler, so that the store (and
+    every annotator-facing process) works without importing torch."""
+
+    text: str
+    token_count: int
+    finished: bool  # ended with the end-of-sequence token rather than the length limit
 
 
 def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
@@ -20,11 +30,17 @@ def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
 def prompts_to_sample(
     db: sqlite_utils.Database, policy_version: int, n: int
 ) -> list[tuple[int, str]]:
-    """The n prompts with the fewest ranking tasks at this policy version, oldest first."""
+    """The n prompts with the fewest ranking tasks at this policy version, oldest first.
+
+    Retired prompts are left out, and so are gold prompts: a policy sample of a gold item's
+    prompt would show annotators which items are the checks.
+    """
     rows = db.execute(
         """
         SELECT p.id, p.text FROM prompts p
         LEFT JOIN comparisons c ON c.prompt_id = p.id AND c.policy_version = ?
+        WHERE p.retired_at IS NULL
+          AND p.id NOT IN (SELECT prompt_id FROM comparisons WHERE gold_ranks IS NOT NULL)
         GROUP BY p.id ORDER BY count(c.id), p.id LIMIT ?
         """,
         [policy_version, n],

@@ -63,3 +63,16 @@ def add_prompts(db: sqlite_utils.Database, parsed: ParsedPrompts, source: str) -
 
 def prompt_count(db: sqlite_utils.Database) -> int:
     return db["prompts"].count
+
+
+def prompt_texts_in_use(db: sqlite_utils.Database) -> list[str]:
+    """Prompts training may use, oldest first: not retired, not a gold item's."""
+    rows = db.query(
+        """
+        SELECT text FROM prompts
+        WHERE retired_at IS NULL
+          AND id NOT IN (SELECT prompt_id FROM comparisons WHERE gold_ranks IS NOT NULL)
+        ORDER BY id
+        """
+    )
+    return [r["text"] for r in rows]

@@ -195,7 +195,29 @@ def _v3_live_policy(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs, _v3_live_policy]
+def _v4_quality(db: sqlite_utils.Database) -> None:
+    """Gold items (a known order to check annotators against), retired prompts, flag reviews."""
+    # JSON dense ranks of a gold item's responses; NULL for items sampled from the policy.
+    db["comparisons"].add_column("gold_ranks", str)
+    # A prompt an operator retired (e.g. after a flag): no longer sampled nor served.
+    db["prompts"].add_column("retired_at", float)
+    db["flag_reviews"].create(
+        {
+            "id": int,
+            "ranking_id": int,
+            "decision": str,
+            "note": str,
+            "reviewer": str,
+            "at": float,
+        },
+        pk="id",
+        foreign_keys=[("ranking_id", "rankings", "id")],
+        not_null={"ranking_id", "decision", "reviewer", "at"},
+    )
+    db["flag_reviews"].create_index(["ranking_id"], unique=True)
+
+
+MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs, _v3_live_policy, _v4_quality]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

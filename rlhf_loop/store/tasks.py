@@ -4,6 +4,11 @@ A comparison has ``overlap`` slots. A slot is taken by a live ranking (or flag),
 assignment that has not timed out. Serving writes an assignment, so a reload shows the same item
 again, two annotators never get the same slot, and an abandoned item returns to the pool after
 ``assignment_timeout_s``. A skip frees the slot for someone else, never for the one who skipped.
+
+Gold items (an operator's prompt and responses with a known order) sit outside the slot
+accounting: every annotator gets each of them once, one in every ``gold_every`` items, looking
+like any other item, so careless ranking shows up as disagreement with the known order.
+Items of a retired prompt are no longer served.
 """
 
 from __future__ import annotations
@@ -22,6 +27,20 @@ _FREE_SLOTS = """
        WHERE r.comparison_id = c.id AND r.retracted_at IS NULL AND r.status != 'skipped')
     - (SELECT count(*) FROM assignments a
        WHERE a.comparison_id = c.id AND a.closed_at IS NULL AND a.served_at > :cutoff)
+"""
+
+# A policy item (not gold) of a prompt still in use (not retired).
+_IN_POOL = """
+    c.gold_ranks IS NULL
+    AND NOT EXISTS (SELECT 1 FROM prompts p WHERE p.id = c.prompt_id AND p.retired_at IS NOT NULL)
+"""
+
+# ...that this annotator has not been served yet, with a slot left.
+_SERVABLE = f"""
+    {_IN_POOL}
+    AND NOT EXISTS (SELECT 1 FROM assignments a
+                    WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
+    AND ({_FREE_SLOTS}) > 0
 """
 
 
@@ -71,7 +90,11 @@ def _open_assignment(db: sqlite_utils.Database, annotator: int) -> tuple[int, fl
 
 
 def next_task(
-    db: sqlite_utils.Database, annotator: int, overlap: int, assignment_timeout_s: float
+    db: sqlite_utils.Database,
+    annotator: int,
+    overlap: int,
+    assignment_timeout_s: float,
+    gold_every: int = 0,
 ) -> Task | None:
     """The task this annotator is on, or a newly claimed one; None when the queue is empty.
 
@@ -86,33 +109,64 @@ def next_task(
         if current:
             return load_task(db, *current)
         served_at = now()
-        row = db.execute(
-            f"""
-            SELECT c.id FROM comparisons c
-            WHERE NOT EXISTS (SELECT 1 FROM assignments a
-                              WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
-              AND ({_FREE_SLOTS}) > 0
-            ORDER BY c.policy_version DESC, c.priority DESC, c.id
-            LIMIT 1
-            """,
-            {
-                "annotator": annotator,
-                "overlap": overlap,
-                "cutoff": served_at - assignment_timeout_s,
-            },
-        ).fetchone()
-        if row is None:
-            return None
+        chosen = _gold_due(db, annotator, gold_every) if gold_every else None
+        if chosen is None:
+            row = db.execute(
+                f"""
+                SELECT c.id FROM comparisons c WHERE {_SERVABLE}
+                ORDER BY c.policy_version DESC, c.priority DESC, c.id
+                LIMIT 1
+                """,
+                {
+                    "annotator": annotator,
+                    "overlap": overlap,
+                    "cutoff": served_at - assignment_timeout_s,
+                },
+            ).fetchone()
+            if row is None:
+                return None
+            chosen = row[0]
         db["assignments"].insert(
-            {"comparison_id": row[0], "annotator_id": annotator, "served_at": served_at}
+            {"comparison_id": chosen, "annotator_id": annotator, "served_at": served_at}
         )
-        return load_task(db, row[0], served_at)
+        return load_task(db, chosen, served_at)
+
+
+def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int | None:
+    """A gold item this annotator has not seen, when ``gold_every - 1`` policy items were served
+    to them since their last gold one; else None."""
+    since_gold = db.execute(
+        """
+        SELECT count(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
+        WHERE a.annotator_id = :annotator AND c.gold_ranks IS NULL
+          AND a.id > coalesce((SELECT max(g.id) FROM assignments g
+                               JOIN comparisons gc ON gc.id = g.comparison_id
+                               WHERE g.annotator_id = :annotator
+                                 AND gc.gold_ranks IS NOT NULL), 0)
+        """,
+        {"annotator": annotator},
+    ).fetchone()[0]
+    if since_gold < gold_every - 1:
+        return None
+    row = db.execute(
+        """
+        SELECT c.id FROM comparisons c
+        WHERE c.gold_ranks IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM assignments a
+                          WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
+        ORDER BY c.id LIMIT 1
+        """,
+        {"annotator": annotator},
+    ).fetchone()
+    return row[0] if row else None
 
 
 def free_slots(db: sqlite_utils.Database, overlap: int, assignment_timeout_s: float) -> int:
     """Rankings the queue can still absorb, over all annotators: what the sampler tops up."""
     row = db.execute(
-        f"SELECT coalesce(sum(max(({_FREE_SLOTS}), 0)), 0) FROM comparisons c",
+        f"""
+        SELECT coalesce(sum(max(({_FREE_SLOTS}), 0)), 0) FROM comparisons c WHERE {_IN_POOL}
+        """,
         {"overlap": overlap, "cutoff": now() - assignment_timeout_s},
     ).fetchone()
     return int(row[0])
@@ -123,12 +177,7 @@ def tasks_left_for(
 ) -> int:
     """Tasks this annotator could still be served (the 'queue left' figure on the page)."""
     row = db.execute(
-        f"""
-        SELECT count(*) FROM comparisons c
-        WHERE NOT EXISTS (SELECT 1 FROM assignments a
-                          WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
-          AND ({_FREE_SLOTS}) > 0
-        """,
+        f"SELECT count(*) FROM comparisons c WHERE {_SERVABLE}",
         {"annotator": annotator, "overlap": overlap, "cutoff": now() - assignment_timeout_s},
     ).fetchone()
     return int(row[0])

@@ -1,0 +1,135 @@
+"""Roles: the operator credential (a scrypt hash, never a password in clear), and an annotator's
+session that cannot reach operator pages until it signs in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from store_helpers import fresh_db, make_comparisons
+from streamlit.testing.v1 import AppTest
+
+from rlhf_loop.auth import (
+    HASH_ENV,
+    CredentialError,
+    configured_hash,
+    hash_password,
+    verify_password,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+APP = str(REPO / "app.py")
+PASSWORD = "correct horse battery"
+OPERATOR_PAGES = {"Dashboard", "Training", "Data", "Settings"}
+
+
+def test_a_hash_verifies_its_password_only_and_is_salted() -> None:
+    encoded = hash_password(PASSWORD)
+    assert PASSWORD not in encoded
+    assert verify_password(PASSWORD, encoded)
+    assert not verify_password(PASSWORD + " ", encoded)
+    assert not verify_password("", encoded)
+    assert hash_password(PASSWORD) != encoded  # a fresh salt each time
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        PASSWORD,  # a password pasted where the hash belongs is refused, not compared in clear
+        "scrypt$16384$8$1$not-base64$abc",
+        "scrypt$3$8$1$AAAA$AAAAAAAAAAAAAAAAAAAAAA==",  # n not a power of two
+        "scrypt$1073741824$8$1$AAAA$AAAAAAAAAAAAAAAAAAAAAA==",  # n that would exhaust memory
+        "bcrypt$whatever",
+    ],
+)
+def test_a_configured_value_that_is_not_a_sound_hash_is_refused(bad: str) -> None:
+    with pytest.raises(CredentialError, match="hash"):
+        configured_hash({HASH_ENV: bad}, {})
+
+
+def test_environment_wins_over_secrets_and_none_is_none() -> None:
+    from_env, from_secrets = hash_password("one password"), hash_password("two password")
+    both = configured_hash({HASH_ENV: from_env}, {"operator_password_hash": from_secrets})
+    assert both == from_env
+    assert configured_hash({}, {"operator_password_hash": from_secrets}) == from_secrets
+    assert configured_hash({}, {}) is None
+
+
+def test_short_passwords_are_refused() -> None:
+    with pytest.raises(CredentialError, match="at least 8"):
+        hash_password("short")
+
+
+def test_hash_password_command_reads_a_pipe_and_prints_a_usable_hash() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rlhf_loop", "hash-password"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    encoded = result.stdout.strip()
+    assert verify_password(PASSWORD, encoded) and "secrets.toml" in result.stderr
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
+    monkeypatch.setenv(HASH_ENV, hash_password(PASSWORD))
+    return tmp_path
+
+
+def _page_titles(at: AppTest) -> set[str]:
+    """The pages st.navigation registered in the first run (AppTest keeps no public list, and
+    this private one is only right before any session state is set from the test)."""
+    return {info["page_name"] for info in at._registered_pages.values()}
+
+
+def _sign_in(at: AppTest, name: str, password: str) -> AppTest:
+    at.switch_page("pages/sign_in.py").run()
+    at.text_input[0].input(name)
+    at.text_input[1].input(password)
+    return at.button[0].click().run()
+
+
+def test_an_annotator_sees_no_operator_page_and_cannot_open_one(app_env: Path) -> None:
+    fresh_db(app_env)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert _page_titles(at) == {"Rank", "Operator sign-in"}
+    for page in ("training", "data", "dashboard", "settings"):
+        with pytest.raises(ValueError, match="Could not find a navigation page"):
+            at.switch_page(f"pages/{page}.py")
+
+
+def test_wrong_password_is_refused_then_locked_out_and_logged(app_env: Path) -> None:
+    db = fresh_db(app_env)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    for _ in range(5):
+        _sign_in(at, "mallory", "guess guess")
+        assert at.error[0].value == "Wrong password."
+    _sign_in(at, "mallory", PASSWORD)  # the right one, but the session is locked out now
+    assert "Too many failed attempts" in at.error[0].value
+    assert "operator" not in at.session_state
+    assert db["events"].count_where("kind = 'operator_sign_in_failed'") == 5
+
+
+def test_an_operator_signs_in_sees_the_operator_pages_and_is_recorded(app_env: Path) -> None:
+    db = fresh_db(app_env)
+    make_comparisons(db, 1)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    _sign_in(at, "olga", PASSWORD)
+    assert not at.error
+    for page in OPERATOR_PAGES:
+        at.switch_page(f"pages/{page.lower()}.py").run()
+        assert not at.exception and at.title[0].value == page
+    at.switch_page("pages/training.py").run()
+    assert "Train reward model now" in [b.label for b in at.button]
+    olga = next(db["annotators"].rows_where("name = 'olga'"))
+    assert olga["role"] == "operator"
+    assert db["events"].count_where("kind = 'operator_signed_in'") == 1
