@@ -1,0 +1,156 @@
+"""Annotation quality from the store: the live rankings, gold orders and timings that
+``rlhf_loop.agreement`` turns into agreement figures, joined per annotator for the operator.
+
+Only live rankings count: not retracted (an undo replaces a judgement, the redo is the live one)
+and of status 'ranked'. Skips carry no ranking; flags mean the item itself is suspect (e.g.
+unrankable responses), so their ranks, if any, say nothing about the annotator's consistency.
+
+Agreement between annotators is measured on policy items, agreement with a known order on gold
+items: every annotator sees every gold item, so mixing them in would let the checks dominate the
+inter-annotator figures. Nothing here bans anyone; the report is for a person to read.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import sqlite_utils
+
+from rlhf_loop.agreement import (
+    Judgement,
+    consensus_agreement,
+    gold_agreement,
+    overall_alpha,
+    seconds_summary,
+    shared_items,
+)
+
+_LIVE = "r.retracted_at IS NULL AND r.status = 'ranked'"
+
+
+def _has_gold(db: sqlite_utils.Database) -> bool:
+    """Whether ``comparisons.gold_ranks`` (schema migration v4) exists; before it, no item is
+    gold, and the queries below must still run on such a database."""
+    return "gold_ranks" in db["comparisons"].columns_dict
+
+
+def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judgement]:
+    """Live rankings as (comparison_id, annotator name, dense ranks), in submission order.
+
+    ``gold``: True for gold items only, False for policy items only, None for both.
+    """
+    where = _LIVE
+    if gold is not None:
+        if not _has_gold(db):
+            if gold:
+                return []
+        else:
+            where += f" AND c.gold_ranks IS {'NOT ' if gold else ''}NULL"
+    rows = db.execute(
+        f"""
+        SELECT r.comparison_id, a.name, r.ranks FROM rankings r
+        JOIN annotators a ON a.id = r.annotator_id
+        JOIN comparisons c ON c.id = r.comparison_id
+        WHERE {where}
+        ORDER BY r.id
+        """
+    ).fetchall()
+    return [Judgement(c, name, json.loads(ranks)) for c, name, ranks in rows]
+
+
+def gold_orders(db: sqlite_utils.Database) -> dict[int, list[int]]:
+    """The known order of each gold item: comparison id -> dense ranks per response."""
+    if not _has_gold(db):
+        return {}
+    rows = db.execute(
+        "SELECT id, gold_ranks FROM comparisons WHERE gold_ranks IS NOT NULL"
+    ).fetchall()
+    return {c: json.loads(ranks) for c, ranks in rows}
+
+
+def seconds_by_annotator(db: sqlite_utils.Database) -> dict[str, list[float]]:
+    """Seconds from serving to submit of every live ranking, per annotator name.
+
+    Rankings only: a skip is often a glance and a flag is a different task, so either would blur
+    the time an annotator takes to rank. Gold items are included (they look like any other item).
+    """
+    seconds: dict[str, list[float]] = defaultdict(list)
+    for name, value in db.execute(
+        f"""
+        SELECT a.name, r.seconds FROM rankings r JOIN annotators a ON a.id = r.annotator_id
+        WHERE {_LIVE} ORDER BY r.id
+        """
+    ).fetchall():
+        seconds[name].append(value)
+    return dict(seconds)
+
+
+def _status_counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
+    """Live (not retracted) answers per annotator name and status."""
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    for name, status, n in db.execute(
+        """
+        SELECT a.name, r.status, count(*) FROM rankings r
+        JOIN annotators a ON a.id = r.annotator_id
+        WHERE r.retracted_at IS NULL GROUP BY a.name, r.status
+        """
+    ).fetchall():
+        counts[name][status] = n
+    return counts
+
+
+def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """One row per annotator, ordered by name, ready for ``st.dataframe``.
+
+    Everyone registered is listed, so a newcomer shows up before their first answer, except
+    operators who never answered: they sign in to run the loop, not to rank.
+
+    Columns: annotator, ranked, skipped, flagged (live answers), median_s, p90_s (seconds per
+    ranking), agreement_tau (mean tau-b vs the leave-one-out consensus on policy items),
+    agreement_items (policy items shared with another annotator), agreement_scored (of those,
+    items with a defined tau), gold_items, gold_tau, gold_pair_accuracy. None where a figure has
+    nothing to rest on yet.
+    """
+    counts = _status_counts(db)
+    seconds = seconds_by_annotator(db)
+    consensus = consensus_agreement(judgements(db, gold=False))
+    gold = gold_agreement(judgements(db, gold=True), gold_orders(db))
+    rows = []
+    for person in db["annotators"].rows_where(order_by="name"):
+        name = person["name"]
+        if person["role"] == "operator" and name not in counts:
+            continue
+        timing = seconds_summary(seconds.get(name, []))
+        agree = consensus.get(name)
+        checked = gold.get(name)
+        rows.append(
+            {
+                "annotator": name,
+                "ranked": counts[name].get("ranked", 0),
+                "skipped": counts[name].get("skipped", 0),
+                "flagged": counts[name].get("flagged", 0),
+                "median_s": timing.median,
+                "p90_s": timing.p90,
+                "agreement_tau": agree.tau if agree else None,
+                "agreement_items": agree.items if agree else 0,
+                "agreement_scored": agree.scored if agree else 0,
+                "gold_items": checked.items if checked else 0,
+                "gold_tau": checked.tau if checked else None,
+                "gold_pair_accuracy": checked.pair_accuracy if checked else None,
+            }
+        )
+    return rows
+
+
+def overall(db: sqlite_utils.Database) -> dict[str, Any]:
+    """Agreement over all policy items: Krippendorff's alpha (ordinal; None while undefined),
+    the items it rests on (ranked by two or more annotators), and the annotators with a live
+    ranking of a policy item."""
+    live = judgements(db, gold=False)
+    return {
+        "alpha": overall_alpha(live),
+        "items_shared": shared_items(live),
+        "annotators": len({j.annotator for j in live}),
+    }
