@@ -225,12 +225,7 @@ def test_seconds_summary() -> None:
 
 
 def quality_db(tmp_path: Path) -> sqlite_utils.Database:
-    db = fresh_db(tmp_path)
-    if "gold_ranks" not in db["comparisons"].columns_dict:
-        # Schema migration v4 provides comparisons.gold_ranks; until it has landed, add it here
-        # exactly as it will be (JSON dense ranks, NULL for policy items).
-        db["comparisons"].add_column("gold_ranks", str)
-    return db
+    return fresh_db(tmp_path)
 
 
 def rank_next(

@@ -30,12 +30,6 @@ from rlhf_loop.agreement import (
 _LIVE = "r.retracted_at IS NULL AND r.status = 'ranked'"
 
 
-def _has_gold(db: sqlite_utils.Database) -> bool:
-    """Whether ``comparisons.gold_ranks`` (schema migration v4) exists; before it, no item is
-    gold, and the queries below must still run on such a database."""
-    return "gold_ranks" in db["comparisons"].columns_dict
-
-
 def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judgement]:
     """Live rankings as (comparison_id, annotator name, dense ranks), in submission order.
 
@@ -43,11 +37,7 @@ def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judg
     """
     where = _LIVE
     if gold is not None:
-        if not _has_gold(db):
-            if gold:
-                return []
-        else:
-            where += f" AND c.gold_ranks IS {'NOT ' if gold else ''}NULL"
+        where += f" AND c.gold_ranks IS {'NOT ' if gold else ''}NULL"
     rows = db.execute(
         f"""
         SELECT r.comparison_id, a.name, r.ranks FROM rankings r
@@ -62,8 +52,6 @@ def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judg
 
 def gold_orders(db: sqlite_utils.Database) -> dict[int, list[int]]:
     """The known order of each gold item: comparison id -> dense ranks per response."""
-    if not _has_gold(db):
-        return {}
     rows = db.execute(
         "SELECT id, gold_ranks FROM comparisons WHERE gold_ranks IS NOT NULL"
     ).fetchall()
