@@ -68,7 +68,7 @@ def parse_prompt_file(
     """Parse an uploaded file by its extension; raise ``PromptImportError`` on the first problem."""
     parser = _parser_for(filename)
     collector = _Collector(max_chars=max_chars, max_rows=max_rows)
-    parser(_decode(data), collector)
+    parser(decode_utf8(data), collector)
     return collector.result()
 
 
@@ -88,7 +88,7 @@ def _parser_for(filename: str) -> Callable[[str, _Collector], None]:
     )
 
 
-def _decode(data: bytes) -> str:
+def decode_utf8(data: bytes) -> str:
     """UTF-8 only: guessing an encoding would silently garble prompts, so ask for UTF-8 instead."""
     if data.startswith(_UTF16_BOMS):
         raise PromptImportError(f"the file is saved as UTF-16; {_SAVE_AS_UTF8}")
@@ -114,7 +114,7 @@ def _line_of(data: bytes, offset: int) -> int:
     return data.count(b"\n", 0, offset) + 1
 
 
-def _lines(text: str) -> Iterator[tuple[int, str]]:
+def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
     """Split on ``\\n`` only, unlike ``str.splitlines``, so numbers match an editor's."""
     return enumerate(io.StringIO(text, newline="\n"), start=1)
 
@@ -176,7 +176,7 @@ def _clean_label(label: str | None) -> str | None:
 
 
 def _parse_txt(text: str, collector: _Collector) -> None:
-    for number, line in _lines(text):
+    for number, line in numbered_lines(text):
         if line.strip():
             collector.add(number, line, None, {})
         else:
@@ -187,16 +187,16 @@ def _parse_txt(text: str, collector: _Collector) -> None:
 
 
 def _parse_jsonl(text: str, collector: _Collector) -> None:
-    for number, line in _lines(text):
+    for number, line in numbered_lines(text):
         if not line.strip():
             collector.blank()
             continue
-        record = _json_object(line, number)
+        record = json_object(line, number)
         meta = {key: value for key, value in record.items() if key not in ("prompt", "label")}
         collector.add(number, _json_prompt(record, number), _json_label(record, number), meta)
 
 
-def _json_object(line: str, number: int) -> dict[str, Any]:
+def json_object(line: str, number: int) -> dict[str, Any]:
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
@@ -210,7 +210,7 @@ def _json_object(line: str, number: int) -> dict[str, Any]:
         ) from None
     if not isinstance(value, dict):
         raise PromptImportError(
-            f'expected a JSON object like {{"prompt": "..."}}, found {_json_kind(value)}', number
+            f'expected a JSON object like {{"prompt": "..."}}, found {json_kind(value)}', number
         )
     _check_storable(value, number)
     return value
@@ -235,18 +235,18 @@ def _json_prompt(record: dict[str, Any], number: int) -> str:
         raise PromptImportError("missing 'prompt' field", number)
     prompt = record["prompt"]
     if not isinstance(prompt, str):
-        raise PromptImportError(f"'prompt' must be text, found {_json_kind(prompt)}", number)
+        raise PromptImportError(f"'prompt' must be text, found {json_kind(prompt)}", number)
     return prompt
 
 
 def _json_label(record: dict[str, Any], number: int) -> str | None:
     label = record.get("label")
     if label is not None and not isinstance(label, str):
-        raise PromptImportError(f"'label' must be text or null, found {_json_kind(label)}", number)
+        raise PromptImportError(f"'label' must be text or null, found {json_kind(label)}", number)
     return _clean_label(label)
 
 
-def _json_kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
     """Name JSON types as the file's author knows them, not as Python's type names."""
     if isinstance(value, bool):
         return "true/false"
