@@ -1,11 +1,15 @@
 """Data page: import prompts, see what the database holds, export rankings."""
 
+from collections.abc import Callable
+
 import streamlit as st
 
 from pages.common import database, require_operator, settings
 from rlhf_loop.export import pair_records, ranking_records, to_jsonl
+from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
+from rlhf_loop.store.gold import add_gold_items
 from rlhf_loop.store.prompts import add_prompts
 
 require_operator()
@@ -19,22 +23,45 @@ for column, table in zip(
 ):
     column.metric(table.capitalize(), db[table].count)
 
+
+def import_form(key: str, label: str, types: list[str], store: Callable[[str, bytes], str]) -> None:
+    """An upload, parsed and stored whole or not at all; ``store`` returns the summary."""
+    with st.form(key, clear_on_submit=True):
+        upload = st.file_uploader(label, type=types)
+        if st.form_submit_button(f"Import {label.lower()}", type="primary") and upload:
+            try:
+                summary = store(upload.name, upload.getvalue())
+            except (PromptImportError, StoreError) as exc:
+                st.error(f"{upload.name}: {exc}. Nothing was imported.", icon=":material/error:")
+            else:
+                st.success(f"{upload.name}: {summary}.", icon=":material/check:")
+
+
+def store_prompts(name: str, data: bytes) -> str:
+    return add_prompts(db, parse_prompt_file(name, data, config.max_prompt_chars), name).summary()
+
+
+def store_gold(name: str, data: bytes) -> str:
+    items = parse_gold_file(name, data, config.max_prompt_chars)
+    return add_gold_items(db, items, f"gold:{name}").summary()
+
+
 st.subheader("Import prompts")
 st.caption(
     'A .txt file with one prompt per line, a .jsonl file with a "prompt" field per line '
     '(optional "label"), or a .csv file with a "prompt" column (optional "label"). '
     "A file with any malformed row is refused whole; duplicates are skipped."
 )
-with st.form("import", clear_on_submit=True):
-    upload = st.file_uploader("Prompt file", type=["txt", "jsonl", "csv"])
-    if st.form_submit_button("Import", type="primary") and upload is not None:
-        try:
-            parsed = parse_prompt_file(upload.name, upload.getvalue(), config.max_prompt_chars)
-            report = add_prompts(db, parsed, upload.name)
-        except (PromptImportError, StoreError) as exc:
-            st.error(f"{upload.name}: {exc}. Nothing was imported.", icon=":material/error:")
-        else:
-            st.success(f"{upload.name}: {report.summary()}.", icon=":material/check:")
+import_form("import", "Prompt file", ["txt", "jsonl", "csv"], store_prompts)
+
+st.subheader("Import gold items")
+st.caption(
+    "Items with a known order, to check annotators: a .jsonl file, one object per line: "
+    '{"prompt": "...", "responses": ["...", "..."], "ranks": [1, 2]} (1 = best, equal = tie). '
+    f"Each annotator gets each gold item once, one in every {config.gold_every or '—'} items "
+    "(setting gold_every); their answers feed the Dashboard, not the reward model."
+)
+import_form("gold", "Gold file", ["jsonl"], store_gold)
 
 
 def _export(shape: str) -> str:
