@@ -63,6 +63,17 @@ def run_job(context: JobContext) -> bool:
     except JobError as exc:
         jobs.fail(context.db, job.id, str(exc))
         return False
+    except OSError as exc:  # a full or read-only disk: what the operator must fix, in words
+        traceback.print_exc()
+        where = f" ({exc.filename})" if exc.filename else ""
+        jobs.fail(
+            context.db,
+            job.id,
+            f"file system error: {exc.strerror or exc}{where}; nothing was registered and the "
+            "live models are unchanged. Fix the disk (space, permissions, a read-only mount), "
+            "then run the job again.",
+        )
+        return False
     except Exception as exc:  # any failure of a job must not stop the worker
         traceback.print_exc()
         jobs.fail(context.db, job.id, f"{type(exc).__name__}: {exc}")
