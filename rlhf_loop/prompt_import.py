@@ -224,7 +224,10 @@ def _check_storable(value: dict[str, Any], number: int) -> None:
         raise PromptImportError(
             "contains a \\u escape that is not a valid character (an unpaired surrogate)", number
         ) from None
-    except (ValueError, RecursionError):
+    except RecursionError:
+        # Not a number: json.loads got just under the nesting limit, writing it back went over.
+        raise PromptImportError("contains a value nested too deeply to be stored", number) from None
+    except ValueError:
         raise PromptImportError(
             "contains a number that cannot be stored (NaN, Infinity, or too large)", number
         ) from None

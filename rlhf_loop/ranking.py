@@ -67,11 +67,18 @@ def _parse_digits(text: str, k: int) -> list[int]:
     """'1 2 2 3', '1,2,2,3' or '1223' -> ranks in the order the responses are shown."""
     parts = re.split(r"[\s,;]+", text.strip())
     digits = list(parts[0]) if len(parts) == 1 else parts
-    if not all(d.isdigit() for d in digits):
+    # isdecimal, not isdigit: "²" or "①" are digits to Unicode but int() refuses them with a
+    # ValueError the page would show as a traceback. Decimal digits of any script ("١", "１")
+    # are what int() reads, so ranks typed with an Arabic or a full-width layout still work.
+    if not all(d.isdecimal() for d in digits):
         raise RankingError(
             "type one rank per response (e.g. '1 2 2 3') or an order (e.g. 'B > A = C > D')"
         )
-    return validate_ranks([int(d) for d in digits], k)
+    try:
+        ranks = [int(d) for d in digits]
+    except ValueError:  # past int()'s 4,300-digit limit: no rank is anywhere near that long
+        raise RankingError(f"a rank must be a whole number from 1 to {k}") from None
+    return validate_ranks(ranks, k)
 
 
 def parse_ranking(text: str, k: int) -> list[int]:
