@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TEST_PRETRAIN_STEPS
+from store_helpers import make_comparisons
 
 from rlhf_loop.store import leases
 from rlhf_loop.store.db import open_db
@@ -54,36 +56,75 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout: float = 60) -> N
     raise TimeoutError("streamlit did not become healthy")
 
 
-@pytest.fixture
-def app_url(tmp_path: Path, demo_model_path: Path) -> Iterator[tuple[str, Path]]:
-    """``streamlit run app.py`` on loopback with a fresh database and the cached test model."""
-    (tmp_path / "empty.toml").write_text("")
-    env = os.environ | {
-        "RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml"),
-        "RLHF_LOOP_DATA_DIR": str(tmp_path),
-        "RLHF_LOOP_MODEL_CACHE_DIR": str(demo_model_path.parent),
-        "RLHF_LOOP_DEMO_PRETRAIN_STEPS": str(TEST_PRETRAIN_STEPS),
-        "RLHF_LOOP_DEVICE": "cpu",
-        "RLHF_LOOP_K": "3",
-        "RLHF_LOOP_MAX_NEW_TOKENS": "16",
-        "RLHF_LOOP_QUEUE_DEPTH": "4",
-        "RLHF_LOOP_SAMPLE_BATCH_PROMPTS": "4",
-    }
-    port = _free_port()
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-    command += ["--server.address", "127.0.0.1", "--server.port", str(port)]
-    command += ["--browser.gatherUsageStats", "false"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, process)
-        yield url, tmp_path / "rlhf.db"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
-        holder = leases.live_holder(open_db(tmp_path / "rlhf.db"), LEASE, 60)
+class StreamlitApp:
+    """``streamlit run app.py`` on loopback, which a test can kill and start again on the same
+    port (as a crash and a restart would); the open browser pages reconnect by themselves."""
+
+    def __init__(self, data_dir: Path, settings: dict[str, str]) -> None:
+        (data_dir / "empty.toml").write_text("")
+        self.env = os.environ | {
+            "RLHF_LOOP_CONFIG": str(data_dir / "empty.toml"),
+            "RLHF_LOOP_DATA_DIR": str(data_dir),
+            **settings,
+        }
+        self.db_path = data_dir / "rlhf.db"
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        port = self.url.rsplit(":", 1)[1]
+        command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
+        command += ["--server.address", "127.0.0.1", "--server.port", port]
+        command += ["--browser.gatherUsageStats", "false"]
+        self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL)
+        _wait_healthy(self.url, self.process)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+        holder = leases.live_holder(open_db(self.db_path), LEASE, 60)
         if holder:
             os.kill(holder["pid"], signal.SIGTERM)  # the worker outlives the app by design
+
+
+@pytest.fixture
+def app_url(tmp_path: Path, demo_model_path: Path) -> Iterator[tuple[str, Path]]:
+    """The app with a fresh database, its own worker and the cached test model."""
+    app = StreamlitApp(
+        tmp_path,
+        {
+            "RLHF_LOOP_MODEL_CACHE_DIR": str(demo_model_path.parent),
+            "RLHF_LOOP_DEMO_PRETRAIN_STEPS": str(TEST_PRETRAIN_STEPS),
+            "RLHF_LOOP_DEVICE": "cpu",
+            "RLHF_LOOP_K": "3",
+            "RLHF_LOOP_MAX_NEW_TOKENS": "16",
+            "RLHF_LOOP_QUEUE_DEPTH": "4",
+            "RLHF_LOOP_SAMPLE_BATCH_PROMPTS": "4",
+        },
+    )
+    app.start()
+    try:
+        yield app.url, app.db_path
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def seeded_app(tmp_path: Path) -> Iterator[StreamlitApp]:
+    """The app on a database that already holds 10 items (no worker, no model): for what
+    happens between annotators and the server, not the model."""
+    make_comparisons(open_db(tmp_path / "rlhf.db"), 10, k=3)
+    app = StreamlitApp(tmp_path, {"RLHF_LOOP_AUTO_START_WORKER": "false"})
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
 
 
 def test_rank_one_item_with_a_tie_in_chromium(app_url: tuple[str, Path]) -> None:
@@ -110,3 +151,82 @@ def test_rank_one_item_with_a_tie_in_chromium(app_url: tuple[str, Path]) -> None
     assert json.loads(row["ranks"]) == [2, 1, 1] and row["status"] == "ranked"
     assert db["annotators"].get(row["annotator_id"])["name"] == "ada"
     assert row["seconds"] > 0
+
+
+PROMPT = re.compile(r"^prompt \d+$")  # make_comparisons' prompt texts
+
+
+def _open_ranking(browser, url: str, name: str):
+    page = browser.new_context().new_page()  # a context each: two separate browser sessions
+    page.goto(f"{url}/?annotator={name}")
+    return page
+
+
+def _shown_prompt(page) -> str:
+    from playwright.sync_api import expect
+
+    prompt = page.get_by_text(PROMPT)
+    expect(prompt).to_be_visible(timeout=30_000)
+    return prompt.inner_text()
+
+
+def _rank(page, typed: str, saved: str) -> None:
+    from playwright.sync_api import expect
+
+    ranking = page.get_by_label("Ranking")
+    ranking.fill(typed)
+    ranking.press("Enter")
+    expect(page.get_by_text(saved)).to_be_visible(timeout=15_000)
+
+
+def test_two_annotators_in_two_pages_at_once_get_different_items(
+    seeded_app: StreamlitApp,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        ada = _open_ranking(browser, seeded_app.url, "ada")
+        bob = _open_ranking(browser, seeded_app.url, "bob")
+        first = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
+        assert first["ada"] != first["bob"]
+        for page in (ada, bob):  # both submit before either result is awaited
+            page.get_by_label("Ranking").fill("1 2 2")
+            page.get_by_label("Ranking").press("Enter")
+        for page, name in ((ada, "ada"), (bob, "bob")):
+            from playwright.sync_api import expect
+
+            expect(page.get_by_text("Saved A > B = C")).to_be_visible(timeout=15_000)
+            expect(page.get_by_text(first[name])).to_have_count(0)  # moved on to a next item
+        second = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
+        browser.close()
+
+    assert len(set(first.values()) | set(second.values())) == 4  # nobody got the other's item
+    db = open_db(seeded_app.db_path)
+    rows = list(db["rankings"].rows)
+    assert len(rows) == 2 and len({r["comparison_id"] for r in rows}) == 2
+    assert {db["annotators"].get(r["annotator_id"])["name"] for r in rows} == {"ada", "bob"}
+
+
+def test_the_app_restarted_mid_session_loses_nothing_and_shows_the_same_item(
+    seeded_app: StreamlitApp,
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = _open_ranking(browser, seeded_app.url, "ada")
+        _shown_prompt(page)
+        _rank(page, "1 2 3", "Saved A > B > C")
+        on_screen = _shown_prompt(page)
+        seeded_app.kill()  # the server dies mid-session, with the next item on screen
+        seeded_app.start()
+        page.reload()  # what an annotator does when the page says the connection broke
+        assert _shown_prompt(page) == on_screen  # the served item survived the restart
+        _rank(page, "3 2 1", "Saved C > B > A")
+        browser.close()
+
+    db = open_db(seeded_app.db_path)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ranks = [json.loads(r["ranks"]) for r in db["rankings"].rows_where(order_by="id")]
+    assert ranks == [[1, 2, 3], [3, 2, 1]]
