@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -216,10 +217,17 @@ def json_object(line: str, number: int) -> dict[str, Any]:
     return value
 
 
+# json.dumps writes a NUL as \u0000; an odd run of backslashes before "u0000" is that escape, an
+# even one is a literal backslash followed by the text "u0000".
+_ESCAPED_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _check_storable(value: dict[str, Any], number: int) -> None:
-    """Reject what json.loads accepts but the database cannot hold as UTF-8 JSON."""
+    """Reject what json.loads accepts but the database cannot hold as UTF-8 JSON, and NULs,
+    which .txt and .csv files cannot carry either (so no format lets one in)."""
     try:
-        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        stored = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        stored.encode("utf-8")
     except UnicodeEncodeError:
         raise PromptImportError(
             "contains a \\u escape that is not a valid character (an unpaired surrogate)", number
@@ -231,6 +239,8 @@ def _check_storable(value: dict[str, Any], number: int) -> None:
         raise PromptImportError(
             "contains a number that cannot be stored (NaN, Infinity, or too large)", number
         ) from None
+    if _ESCAPED_NUL.search(stored):
+        raise PromptImportError("contains a NUL character (\\u0000)", number)
 
 
 def _json_prompt(record: dict[str, Any], number: int) -> str:

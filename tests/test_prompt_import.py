@@ -491,3 +491,11 @@ def test_any_bytes_parse_cleanly_or_fail_with_a_message(
         json.dumps(row.meta, allow_nan=False).encode("utf-8")
         assert 1 <= row.line <= line_count
     assert all(1 <= line <= line_count for line in parsed.duplicates)
+
+
+@pytest.mark.parametrize("field", ['"label": "a\\u0000b"', '"meta": {"k": ["\\u0000"]}'])
+def test_jsonl_nul_in_any_field_is_refused_but_a_literal_backslash_u_is_text(field: str) -> None:
+    with pytest.raises(PromptImportError, match="line 1: contains a NUL character"):
+        parse_prompt_file("p.jsonl", ('{"prompt": "x", ' + field + "}").encode(), 100)
+    parsed = parse_prompt_file("p.jsonl", b'{"prompt": "x\\\\u0000"}', 100)
+    assert parsed.rows[0].text == "x\\u0000"
