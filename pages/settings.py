@@ -6,6 +6,8 @@ import streamlit as st
 
 from pages.common import database, require_operator, settings, sign_out
 from rlhf_loop.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
+from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_name
+from rlhf_loop.store.db import StoreError
 
 require_operator()
 config = settings()
@@ -26,3 +28,36 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+
+st.subheader("Database backup")
+st.caption(
+    "A consistent snapshot of the whole database (SQLite's online backup API), taken while "
+    "annotators and the worker keep writing. Model files under runs/ are not in it."
+)
+st.download_button(
+    "Download a snapshot",
+    data=lambda: snapshot_bytes(config.resolved_db_path),  # on click, in the download thread
+    file_name=snapshot_name(),
+    mime="application/vnd.sqlite3",
+    icon=":material/download:",
+)
+
+st.subheader("Restore")
+st.caption(
+    "Replaces the whole database with a snapshot, for everyone at once. The current database is "
+    f"saved first to {config.resolved_data_dir / 'backups'}, so a restore can be undone by "
+    "restoring that file."
+)
+with st.form("restore", clear_on_submit=True):
+    upload = st.file_uploader("Snapshot (.db)", type=["db", "sqlite", "sqlite3"])
+    sure = st.checkbox("Replace the current database with this snapshot")
+    if st.form_submit_button("Restore", type="primary", icon=":material/restore:") and upload:
+        if not sure:
+            st.error("Tick the box to confirm: a restore replaces everything for everyone.")
+        else:
+            try:
+                report = restore(db, upload.getvalue(), config.resolved_data_dir / "backups")
+            except (RestoreError, StoreError) as exc:
+                st.error(f"{upload.name}: {exc}. Nothing was changed.", icon=":material/error:")
+            else:
+                st.success(report.summary(), icon=":material/check:")

@@ -228,3 +228,28 @@ def test_training_page_compares_policy_versions_and_refuses_a_rollback_to_missin
     next(b for b in at.button if b.label == "Make live").click().run()
     assert "files are missing" in at.error[0].value
     assert [r["version"] for r in db["model_versions"].rows_where("live = 1")] == [2]
+
+
+def test_settings_page_snapshot_then_restore_needs_a_tick_and_brings_the_data_back(
+    data_dir: Path,
+) -> None:
+    from rlhf_loop.store.backup import snapshot_bytes
+
+    db = fresh_db(data_dir)
+    make_comparisons(db, 3)
+    snapshot = snapshot_bytes(data_dir / "rlhf.db")
+    make_comparisons(db, 2)  # made after the snapshot: the restore takes it away
+    at = operator_page("pages/settings.py")
+    assert [b.label for b in at.get("download_button")] == ["Download a snapshot"]
+    at.file_uploader[0].set_value(("backup.db", snapshot, "application/vnd.sqlite3"))
+    next(b for b in at.button if b.label == "Restore").click().run()
+    assert "Tick the box" in at.error[0].value and db["comparisons"].count == 5
+    at.file_uploader[0].set_value(("backup.db", snapshot, "application/vnd.sqlite3"))
+    at.checkbox[0].check()
+    next(b for b in at.button if b.label == "Restore").click().run()
+    assert "Database restored" in at.success[0].value
+    assert db["comparisons"].count == 3
+    at.file_uploader[0].set_value(("junk.db", b"not a database", "application/vnd.sqlite3"))
+    at.checkbox[0].check()
+    next(b for b in at.button if b.label == "Restore").click().run()
+    assert "Nothing was changed" in at.error[0].value and db["comparisons"].count == 3
