@@ -59,3 +59,13 @@ def keep_main_module() -> Iterator[None]:
     main = sys.modules["__main__"]
     yield
     sys.modules["__main__"] = main
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The app's settings for an AppTest: this test's data dir, defaults, no worker."""
+    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
+    return tmp_path

@@ -179,27 +179,32 @@ def _rank(page, typed: str, saved: str) -> None:
     expect(page.get_by_text(saved)).to_be_visible(timeout=15_000)
 
 
-def test_two_annotators_in_two_pages_at_once_get_different_items(
-    seeded_app: StreamlitApp,
-) -> None:
+@pytest.fixture
+def chromium() -> Iterator:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        ada = _open_ranking(browser, seeded_app.url, "ada")
-        bob = _open_ranking(browser, seeded_app.url, "bob")
-        first = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
-        assert first["ada"] != first["bob"]
-        for page in (ada, bob):  # both submit before either result is awaited
-            page.get_by_label("Ranking").fill("1 2 2")
-            page.get_by_label("Ranking").press("Enter")
-        for page, name in ((ada, "ada"), (bob, "bob")):
-            from playwright.sync_api import expect
-
-            expect(page.get_by_text("Saved A > B = C")).to_be_visible(timeout=15_000)
-            expect(page.get_by_text(first[name])).to_have_count(0)  # moved on to a next item
-        second = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
+        yield browser
         browser.close()
+
+
+def test_two_annotators_in_two_pages_at_once_get_different_items(
+    seeded_app: StreamlitApp, chromium
+) -> None:
+    from playwright.sync_api import expect
+
+    ada = _open_ranking(chromium, seeded_app.url, "ada")
+    bob = _open_ranking(chromium, seeded_app.url, "bob")
+    first = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
+    assert first["ada"] != first["bob"]
+    for page in (ada, bob):  # both submit before either result is awaited
+        page.get_by_label("Ranking").fill("1 2 2")
+        page.get_by_label("Ranking").press("Enter")
+    for page, name in ((ada, "ada"), (bob, "bob")):
+        expect(page.get_by_text("Saved A > B = C")).to_be_visible(timeout=15_000)
+        expect(page.get_by_text(first[name])).to_have_count(0)  # moved on to a next item
+    second = {"ada": _shown_prompt(ada), "bob": _shown_prompt(bob)}
 
     assert len(set(first.values()) | set(second.values())) == 4  # nobody got the other's item
     db = open_db(seeded_app.db_path)
@@ -209,22 +214,17 @@ def test_two_annotators_in_two_pages_at_once_get_different_items(
 
 
 def test_the_app_restarted_mid_session_loses_nothing_and_shows_the_same_item(
-    seeded_app: StreamlitApp,
+    seeded_app: StreamlitApp, chromium
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = _open_ranking(browser, seeded_app.url, "ada")
-        _shown_prompt(page)
-        _rank(page, "1 2 3", "Saved A > B > C")
-        on_screen = _shown_prompt(page)
-        seeded_app.kill()  # the server dies mid-session, with the next item on screen
-        seeded_app.start()
-        page.reload()  # what an annotator does when the page says the connection broke
-        assert _shown_prompt(page) == on_screen  # the served item survived the restart
-        _rank(page, "3 2 1", "Saved C > B > A")
-        browser.close()
+    page = _open_ranking(chromium, seeded_app.url, "ada")
+    _shown_prompt(page)
+    _rank(page, "1 2 3", "Saved A > B > C")
+    on_screen = _shown_prompt(page)
+    seeded_app.kill()  # the server dies mid-session, with the next item on screen
+    seeded_app.start()
+    page.reload()  # what an annotator does when the page says the connection broke
+    assert _shown_prompt(page) == on_screen  # the served item survived the restart
+    _rank(page, "3 2 1", "Saved C > B > A")
 
     db = open_db(seeded_app.db_path)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

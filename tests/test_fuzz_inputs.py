@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
+from app_helpers import APP, operator_page
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from store_helpers import fresh_db, make_comparisons
@@ -33,7 +34,6 @@ from rlhf_loop.ranking import (
     validate_ranks,
 )
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 EXTENSIONS = ("txt", "jsonl", "csv")
 PURE = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PAGE = settings(
@@ -545,16 +545,6 @@ def test_a_ranking_written_out_parses_back_to_itself(ranks: list[int], separator
 # --- the pages themselves -----------------------------------------------------------------------
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty data dir and no worker, as in tests/test_pages.py."""
-    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
-    return tmp_path
-
-
 @dataclass
 class RankSession:
     """One annotator's open Rank page, reused across examples (a fresh one costs a second)."""
@@ -614,10 +604,7 @@ def test_rank_page_typed_ranking_never_shows_a_traceback(
 @pytest.fixture
 def data_page(data_dir: Path) -> Iterator[tuple[sqlite_utils.Database, AppTest]]:
     db = fresh_db(data_dir)
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.session_state["operator"] = "fuzz"  # signed in (signing in itself: tests/test_roles.py)
-    at.run()
-    yield db, at.switch_page("pages/data.py").run()
+    yield db, operator_page("pages/data.py", "fuzz")
 
 
 @st.composite

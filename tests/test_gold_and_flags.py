@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from app_helpers import operator_page
 from store_helpers import fresh_db, make_comparisons
-from streamlit.testing.v1 import AppTest
 
 from rlhf_loop.export import ranking_records
 from rlhf_loop.gold_import import GoldImportError, GoldItem, parse_gold_file
@@ -20,7 +20,6 @@ from rlhf_loop.store.quality import annotator_report
 from rlhf_loop.store.submissions import submit
 from rlhf_loop.store.tasks import free_slots, next_task, tasks_left_for
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SCRIPT = "<script>alert('x')</script>"
 
 
@@ -147,25 +146,9 @@ def test_dismissing_keeps_the_prompt(tmp_path: Path) -> None:
         review_flag(db, 999, "dismissed", "olga")
 
 
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("overlap = 2\n")
-    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
-    return tmp_path
-
-
-def operator_at(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.session_state["operator"] = "olga"
-    at.run()
-    return at.switch_page(page).run()
-
-
 def test_data_page_imports_gold_items_and_refuses_a_bad_file_whole(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    at = operator_at("pages/data.py")
+    at = operator_page("pages/data.py")
     bad = gold_line("a", [1, 2, 3]) + "\n" + gold_line("b", [1, 1, 1])
     at.file_uploader[1].set_value(("g.jsonl", bad.encode(), "application/jsonl"))
     next(b for b in at.button if b.label == "Import gold file").click().run()
@@ -192,7 +175,7 @@ def test_dashboard_shows_agreement_and_reviews_a_flag_as_plain_text(data_dir: Pa
             task = next_task(db, person, overlap=4, assignment_timeout_s=600)
             submit(db, person, task.comparison_id, "ranked", ranks)
     flagged = _flag(db, "dee")
-    at = operator_at("pages/dashboard.py")
+    at = operator_page("pages/dashboard.py")
     assert not at.exception
     table = next(d.value for d in at.dataframe if "agreement_tau" in d.value.columns)
     tau = dict(zip(table["annotator"], table["agreement_tau"], strict=True))

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from app_helpers import APP, operator_page
 from store_helpers import add_texts, fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
@@ -14,17 +15,7 @@ from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.generations import Sample, add_comparisons, live_policy_version
 from rlhf_loop.store.versions import register_version
 
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SCRIPT = "<script>alert('x')</script>"
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
-    return tmp_path
 
 
 def rank_page(annotator: str | None = "ada") -> AppTest:
@@ -32,14 +23,6 @@ def rank_page(annotator: str | None = "ada") -> AppTest:
     if annotator:
         at.query_params["annotator"] = annotator
     return at.run()
-
-
-def operator_page(page: str) -> AppTest:
-    """A signed-in operator's session on ``page`` (signing in itself: tests/test_roles.py)."""
-    at = AppTest.from_file(APP, default_timeout=30)
-    at.session_state["operator"] = "olga"
-    at.run()
-    return at.switch_page(page).run()
 
 
 def shown_texts(at: AppTest) -> list[str]:

@@ -7,42 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from job_helpers import job_context
 from store_helpers import fresh_db, oracle_rankings
 
-from rlhf_loop.config import Settings
-from rlhf_loop.job_runner import JobContext, JobError
+from rlhf_loop.job_runner import JobError
 from rlhf_loop.ppo import round as ppo_round
 from rlhf_loop.reward.job import run_train_reward
 from rlhf_loop.sampler import LivePolicy
 from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import live_policy
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, float | None]] = []
-
-    def report(self, status: str, progress: float | None = None) -> None:
-        self.reports.append((status, progress))
-
-
-def context(db, tmp_path: Path, model_path: Path, kind: str, **overrides) -> JobContext:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        device="cpu",
-        max_new_tokens=16,
-        reward_epochs=2,
-        reward_lr=1e-3,
-        reward_max_length=64,
-        ppo_after_reward=False,
-        ppo_steps=2,
-        ppo_batch_prompts=8,
-        ppo_samples_per_prompt=2,
-        ppo_minibatch=8,
-        ppo_eval_prompts=6,
-    ).replace(**overrides)
-    jobs.enqueue(db, kind)
-    return JobContext(db, settings, jobs.claim(db, "test", 30), Progress(), str(model_path))
 
 
 @pytest.fixture
@@ -51,7 +24,7 @@ def trained(tmp_path: Path, demo_model_path: Path):
     torch.manual_seed(0)
     db = fresh_db(tmp_path)
     oracle_rankings(db, 40)
-    run_train_reward(context(db, tmp_path, demo_model_path, "train_reward"))
+    run_train_reward(job_context(db, tmp_path, demo_model_path, "train_reward"))
     return db
 
 
@@ -60,7 +33,7 @@ def test_round_makes_a_new_live_version_with_metrics(
 ) -> None:
     base = live_policy(trained, "demo")
     assert base["path"] is None  # the bare base model
-    ctx = context(trained, tmp_path, demo_model_path, "ppo_round")
+    ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round")
     result = ppo_round.run_ppo_round(ctx)
     live = live_policy(trained, "demo")
     assert live["version"] == result["version"] > base["version"] and Path(live["path"]).is_dir()
@@ -79,7 +52,7 @@ def test_round_without_a_reward_model_or_prompts_says_why(
 ) -> None:
     db = fresh_db(tmp_path)
     with pytest.raises(JobError, match="no reward model yet"):
-        ppo_round.run_ppo_round(context(db, tmp_path, demo_model_path, "ppo_round"))
+        ppo_round.run_ppo_round(job_context(db, tmp_path, demo_model_path, "ppo_round"))
 
 
 def test_round_with_only_held_out_prompts_says_why(
@@ -88,7 +61,7 @@ def test_round_with_only_held_out_prompts_says_why(
     monkeypatch.setattr(ppo_round, "is_held_out", lambda prompt, fraction: True)
     before = live_policy(trained, "demo")["version"]
     with pytest.raises(JobError, match="no prompts to train on"):
-        ppo_round.run_ppo_round(context(trained, tmp_path, demo_model_path, "ppo_round"))
+        ppo_round.run_ppo_round(job_context(trained, tmp_path, demo_model_path, "ppo_round"))
     assert live_policy(trained, "demo")["version"] == before
 
 
@@ -104,7 +77,7 @@ def test_a_reward_model_returning_nan_stops_the_round_and_keeps_the_live_policy(
     monkeypatch.setattr(ppo_round, "score", broken)
     before = live_policy(trained, "demo")["version"]
     with pytest.raises(JobError, match="no finite score"):
-        ppo_round.run_ppo_round(context(trained, tmp_path, demo_model_path, "ppo_round"))
+        ppo_round.run_ppo_round(job_context(trained, tmp_path, demo_model_path, "ppo_round"))
     assert live_policy(trained, "demo")["version"] == before
 
 
@@ -120,7 +93,7 @@ def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
 
     monkeypatch.setattr(ppo_round, "score", one_nan)
     # 2 new tokens: almost no response can end, so the missing-end penalty applies
-    ctx = context(trained, tmp_path, demo_model_path, "ppo_round", max_new_tokens=2)
+    ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round", max_new_tokens=2)
     ppo_round.run_ppo_round(ctx)
     metrics = {(m["name"], m["step"]): m["value"] for m in jobs.job_metrics(trained, ctx.job.id)}
     assert metrics[("unscorable", 1)] == 1.0
@@ -131,7 +104,7 @@ def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
 def test_round_with_an_ema_reference_trains_and_moves_the_reference(
     trained, tmp_path: Path, demo_model_path: Path
 ) -> None:
-    ctx = context(trained, tmp_path, demo_model_path, "ppo_round", ppo_ema_reference=0.9)
+    ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round", ppo_ema_reference=0.9)
     result = ppo_round.run_ppo_round(ctx)
     assert result["kl_after"] is not None
     assert live_policy(trained, "demo")["version"] == result["version"]
@@ -140,7 +113,9 @@ def test_round_with_an_ema_reference_trains_and_moves_the_reference(
 def test_a_retrain_queues_a_ppo_round_when_asked(tmp_path: Path, demo_model_path: Path) -> None:
     db = fresh_db(tmp_path)
     oracle_rankings(db, 30)
-    run_train_reward(context(db, tmp_path, demo_model_path, "train_reward", ppo_after_reward=True))
+    run_train_reward(
+        job_context(db, tmp_path, demo_model_path, "train_reward", ppo_after_reward=True)
+    )
     queued = [j for j in db["jobs"].rows if j["kind"] == "ppo_round"]
     assert [j["status"] for j in queued] == ["queued"] and "after reward model v1" in queued[0][
         "params"

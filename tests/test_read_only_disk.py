@@ -12,17 +12,11 @@ from pathlib import Path
 
 import pytest
 from fault_checks import assert_sound, ranking_rows
+from job_helpers import job_context
 from store_helpers import fresh_db, oracle_rankings
 
-from rlhf_loop.config import Settings
-from rlhf_loop.job_runner import JobContext, run_job
-from rlhf_loop.store import jobs
+from rlhf_loop.job_runner import run_job
 from rlhf_loop.store.versions import latest_version, live_policy
-
-
-class Progress:
-    def report(self, status: str, progress: float | None = None) -> None:
-        """The worker's heartbeat would show these; the test has no use for them."""
 
 
 def _mount(*args: str) -> bool:
@@ -40,24 +34,6 @@ def runs_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(runs)], check=False)
 
 
-def _context(db, tmp_path: Path, model_path: Path, kind: str) -> JobContext:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        device="cpu",
-        max_new_tokens=16,
-        reward_epochs=2,
-        reward_lr=1e-3,
-        reward_max_length=64,
-        ppo_after_reward=False,
-        ppo_steps=2,
-        ppo_batch_prompts=8,
-        ppo_minibatch=8,
-        ppo_eval_prompts=4,
-    )
-    jobs.enqueue(db, kind)
-    return JobContext(db, settings, jobs.claim(db, "test", 30), Progress(), str(model_path))
-
-
 @pytest.mark.parametrize("kind", ["train_reward", "ppo_round"])
 def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
     kind: str, runs_disk: Path, tmp_path: Path, demo_model_path: Path, monkeypatch
@@ -65,7 +41,7 @@ def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
     db = fresh_db(tmp_path)
     oracle_rankings(db, 40)
     if kind == "ppo_round":
-        assert run_job(_context(db, tmp_path, demo_model_path, "train_reward"))
+        assert run_job(job_context(db, tmp_path, demo_model_path, "train_reward"))
     rankings = ranking_rows(db)
     live_before = live_policy(db, "demo")
     model_kind = "reward" if kind == "train_reward" else "policy"
@@ -80,7 +56,7 @@ def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
         return real_write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", read_only_before_metadata)
-    context = _context(db, tmp_path, demo_model_path, kind)
+    context = job_context(db, tmp_path, demo_model_path, kind)
     assert not run_job(context)
     monkeypatch.undo()
 
@@ -94,7 +70,7 @@ def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
     assert_sound(db, rankings, "demo")
 
     assert _mount("-o", "remount,rw", str(runs_disk))
-    retry = _context(db, tmp_path, demo_model_path, kind)
+    retry = job_context(db, tmp_path, demo_model_path, kind)
     assert run_job(retry), db["jobs"].get(retry.job.id)["error"]
     assert (
         latest_version(db, model_kind)["version"]

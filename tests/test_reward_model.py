@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from job_helpers import Progress
 from store_helpers import corpus_comparisons, fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
@@ -22,14 +23,6 @@ from rlhf_loop.store.tasks import next_task
 from rlhf_loop.store.versions import latest_version
 
 CONFIG = RewardTrainConfig(epochs=4, lr=1e-3, batch_rankings=8, max_length=64)
-
-
-class Progress:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, float | None]] = []
-
-    def report(self, status: str, progress: float | None = None) -> None:
-        self.reports.append((status, progress))
 
 
 def job_context(db, tmp_path: Path, model_path: Path, **settings) -> JobContext:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from app_helpers import APP
 from store_helpers import fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
@@ -20,7 +21,6 @@ from rlhf_loop.auth import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-APP = str(REPO / "app.py")
 PASSWORD = "correct horse battery"
 OPERATOR_PAGES = {"Dashboard", "Training", "Data", "Settings"}
 
@@ -76,13 +76,9 @@ def test_hash_password_command_reads_a_pipe_and_prints_a_usable_hash() -> None:
 
 
 @pytest.fixture
-def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RLHF_LOOP_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
-    monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
+def app_env(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(HASH_ENV, hash_password(PASSWORD))
-    return tmp_path
+    return data_dir
 
 
 def _page_titles(at: AppTest) -> set[str]:

@@ -1,0 +1,17 @@
+"""Driving the Streamlit app through AppTest: the app's path and an operator's session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+
+
+def operator_page(page: str, name: str = "olga") -> AppTest:
+    """A signed-in operator's session on ``page`` (signing in itself: tests/test_roles.py)."""
+    at = AppTest.from_file(APP, default_timeout=30)
+    at.session_state["operator"] = name
+    at.run()
+    return at.switch_page(page).run()
