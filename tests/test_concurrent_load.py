@@ -10,21 +10,16 @@ what stretches lock hold times in production.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import sqlite_utils
-from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import fresh_db, make_comparisons, oracle_rankings
+from worker_helpers import wait_for, worker_env
 
-from rlhf_loop.config import Settings
 from rlhf_loop.crowd import CrowdAudit, CrowdReport, audit, run_crowd
 from rlhf_loop.store import jobs
-from rlhf_loop.worker_launch import settings_env
 
 REPO = Path(__file__).resolve().parent.parent
 ANNOTATORS = 20
@@ -36,34 +31,9 @@ REWARD_EPOCHS = 20
 
 
 def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        model_cache_dir=str(model_path.parent),
-        demo_pretrain_steps=TEST_PRETRAIN_STEPS,
-        device="cpu",
-        seed_demo_prompts=False,
-        reward_retrain_every=0,
-        ppo_after_reward=False,
-        active_selection=False,
-        reward_epochs=REWARD_EPOCHS,
-        reward_lr=1e-3,
-        reward_max_length=64,
-        overlap=OVERLAP,
-        queue_depth=1,  # far fewer than the free slots: the worker trains, it does not sample
-    )
-    (tmp_path / "empty.toml").write_text("")
-    return (
-        os.environ
-        | settings_env(settings)
-        | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml"), "OMP_NUM_THREADS": "1"}
-    )
-
-
-def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    settings = {"active_selection": False, "reward_epochs": REWARD_EPOCHS, "overlap": OVERLAP}
+    # queue_depth 1 (worker_env's), far fewer than the free slots: the worker trains, not samples
+    return worker_env(tmp_path, model_path, **settings) | {"OMP_NUM_THREADS": "1"}
 
 
 def _check_stored_exactly_once(db: sqlite_utils.Database, report: CrowdReport) -> CrowdAudit:
@@ -121,7 +91,7 @@ def test_twenty_annotators_rank_at_once_while_the_worker_trains(
             RANKINGS_EACH,
             overlap=OVERLAP,
             # released only once the worker is past loading and into its training steps
-            when_ready=lambda: _wait(training, 120, "the worker's first training step"),
+            when_ready=lambda: wait_for(training, 120, "the worker's first training step"),
             timeout_s=180,
         )
         assert worker.wait(timeout=180) == 0, (tmp_path / "worker.log").read_text()[-3000:]

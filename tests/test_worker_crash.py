@@ -16,34 +16,24 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import TEST_PRETRAIN_STEPS
 from fault_checks import assert_sound, ranking_rows
 from store_helpers import fresh_db, oracle_rankings
+from worker_helpers import wait_for, worker_env
 
-from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs
 from rlhf_loop.store.leases import live_holder
 from rlhf_loop.store.versions import latest_version, live_policy
 from rlhf_loop.worker import LEASE
-from rlhf_loop.worker_launch import settings_env
 
 REPO = Path(__file__).resolve().parent.parent
 LEASE_S = 3.0
 
 
 def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        model_cache_dir=str(model_path.parent),
-        demo_pretrain_steps=TEST_PRETRAIN_STEPS,
-        device="cpu",
-        seed_demo_prompts=False,
-        reward_retrain_every=0,
-        ppo_after_reward=False,
+    return worker_env(
+        tmp_path,
+        model_path,
         reward_epochs=3,
-        reward_lr=1e-3,
-        reward_max_length=64,
-        queue_depth=1,
         lease_timeout_s=LEASE_S,
         job_max_attempts=5,
         max_new_tokens=16,
@@ -52,15 +42,6 @@ def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
         ppo_minibatch=8,
         ppo_eval_prompts=4,
     )
-    (tmp_path / "empty.toml").write_text("")
-    return os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}
-
-
-def _wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 SEED = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
@@ -71,7 +52,7 @@ def _kill_when(db, env: dict[str, str], ready, what: str) -> str:
     """Start a worker, SIGKILL it once ``ready()``; returns what it was doing then."""
     worker = subprocess.Popen(WORKER, env=env, cwd=REPO)
     try:
-        _wait(ready, 180, what)
+        wait_for(ready, 180, what)
         doing = (live_holder(db, LEASE, 60) or {}).get("status") or "starting"
     finally:
         worker.send_signal(signal.SIGKILL)
