@@ -6,9 +6,10 @@ operator pages. A page that is not in the navigation cannot be opened by its URL
 
 import streamlit as st
 
-from pages.common import is_operator, start_worker_if_needed
+from pages.common import announce_operator_password, is_operator, start_worker_if_needed
 
 st.set_page_config(page_title="rlhf-loop", page_icon=":material/sort:", layout="wide")
+announce_operator_password()
 rank = st.Page("pages/rank.py", title="Rank", icon=":material/sort:", default=True)
 if is_operator():
     pages = {

@@ -6,6 +6,7 @@ themselves only render and delegate to ``rlhf_loop``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -110,17 +111,20 @@ MAX_FAILED_SIGN_INS = 5
 LOCKOUT_S = 60.0
 
 
-@st.cache_resource(show_spinner=False)
 def operator_hash() -> str:
-    """The configured hash, or a one-off password's, made once per server start and printed to
-    the terminal that runs ``streamlit run`` (only whoever started the app can read it)."""
+    """The configured hash, read on every call (an edited secrets.toml applies at once), or
+    this server's one-off one."""
     try:
         secrets = dict(st.secrets)
     except FileNotFoundError:  # no secrets.toml anywhere: Streamlit raises on first access
         secrets = {}
-    configured = configured_hash(os.environ, secrets)
-    if configured:
-        return configured
+    return configured_hash(os.environ, secrets) or _one_off_hash()
+
+
+@st.cache_resource(show_spinner=False)
+def _one_off_hash() -> str:
+    """Made once per server start and printed to the terminal that runs ``streamlit run``
+    (only whoever started the app can read it)."""
     password, encoded = one_off_password()
     print(
         f"\n  rlhf-loop operator password for this run: {password}\n"
@@ -129,6 +133,13 @@ def operator_hash() -> str:
         flush=True,
     )
     return encoded
+
+
+def announce_operator_password() -> None:
+    """Called on every page load (cached after the first), so a one-off password is in the
+    terminal from the first visit on, not only after someone tries to sign in."""
+    with contextlib.suppress(CredentialError):  # the sign-in page says what is wrong with it
+        operator_hash()
 
 
 def is_operator() -> bool:

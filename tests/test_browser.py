@@ -76,7 +76,11 @@ class StreamlitApp:
         command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
         command += ["--server.address", "127.0.0.1", "--server.port", port]
         command += ["--browser.gatherUsageStats", "false"]
-        self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL)
+        self.log = self.db_path.parent / "streamlit.log"
+        with self.log.open("a") as log:
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env=self.env, stdout=subprocess.DEVNULL, stderr=log
+            )
         _wait_healthy(self.url, self.process)
 
     def kill(self) -> None:
@@ -218,6 +222,8 @@ def test_the_app_restarted_mid_session_loses_nothing_and_shows_the_same_item(
 ) -> None:
     page = _open_ranking(chromium, seeded_app.url, "ada")
     _shown_prompt(page)
+    # No credential configured: the first page load printed a one-off operator password.
+    assert "operator password for this run: " in seeded_app.log.read_text()
     _rank(page, "1 2 3", "Saved A > B > C")
     on_screen = _shown_prompt(page)
     seeded_app.kill()  # the server dies mid-session, with the next item on screen

@@ -129,3 +129,19 @@ def test_an_operator_signs_in_sees_the_operator_pages_and_is_recorded(app_env: P
     olga = next(db["annotators"].rows_where("name = 'olga'"))
     assert olga["role"] == "operator"
     assert db["events"].count_where("kind = 'operator_signed_in'") == 1
+
+
+def test_without_a_configured_hash_the_printed_one_off_password_signs_in(
+    data_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pages.common import _one_off_hash
+
+    fresh_db(data_dir)
+    _one_off_hash.clear()  # a fresh server start
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    printed = capfd.readouterr().err
+    password = printed.split("operator password for this run: ")[1].split()[0]
+    _sign_in(at, "olga", password + "x")
+    assert at.error[0].value == "Wrong password."
+    _sign_in(at, "olga", password)
+    assert not at.error and at.session_state["operator"] == "olga"
