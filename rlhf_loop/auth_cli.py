@@ -24,7 +24,7 @@ def hash_password_command() -> int:
         return 2
     print(encoded)
     print(
-        f"\nPut it in .streamlit/secrets.toml as {HASH_SECRET} = \"{encoded}\"\n"
+        f'\nPut it in .streamlit/secrets.toml as {HASH_SECRET} = "{encoded}"\n'
         f"or in the environment as {HASH_ENV}='{encoded}'",
         file=sys.stderr,
     )
