@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from store_helpers import fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
+from rlhf_loop.gold_import import GoldImportError, parse_gold_file
 from rlhf_loop.prompt_import import ParsedPrompts, PromptImportError, parse_prompt_file
 from rlhf_loop.ranking import (
     RankingError,
@@ -307,6 +308,47 @@ def test_deep_nesting_is_refused_as_too_deep_never_as_a_number() -> None:
 @given(data=st.binary(max_size=2_000), name=st.one_of(st.sampled_from(EXTENSIONS), st.text()))
 def test_arbitrary_bytes_under_any_name(data: bytes, name: str) -> None:
     parses_cleanly_or_refuses(f"upload.{name}", data, 20_000)
+
+
+@st.composite
+def _well_formed_gold(draw: st.DrawFn) -> dict:
+    """A record a correct exporter writes: k texts and k ranks in 1..k (maybe all tied)."""
+    k = draw(st.integers(2, 9))
+    responses = draw(st.lists(_SOME_TEXT, min_size=k, max_size=k))
+    ranks = draw(st.lists(st.integers(1, k), min_size=k, max_size=k))
+    return {"prompt": draw(_SOME_TEXT), "responses": responses, "ranks": ranks}
+
+
+_GOLD_RECORDS = st.one_of(
+    _well_formed_gold(),
+    _well_formed_gold(),
+    st.fixed_dictionaries(
+        {
+            "prompt": st.one_of(_SOME_TEXT, _JSON_VALUES),
+            "responses": st.one_of(st.lists(st.one_of(_SOME_TEXT, _JSON_VALUES), max_size=10)),
+            "ranks": st.one_of(st.lists(st.one_of(st.integers(-2, 12), _JSON_VALUES), max_size=10)),
+        }
+    ),
+    _ODD_RECORDS,
+)
+
+
+@PURE
+@given(
+    lines=st.lists(st.one_of(_GOLD_RECORDS.map(json.dumps), _BAD_JSON_LINES), max_size=5),
+    name=st.sampled_from(["g.jsonl", "g.jsonl", "g.json"]),
+)
+def test_any_gold_file_imports_or_is_refused_with_a_message(lines: list[str], name: str) -> None:
+    try:
+        items = parse_gold_file(name, "\n".join(lines).encode(), 200)
+    except GoldImportError as error:
+        assert str(error).strip()
+        return
+    for item in items:
+        assert 2 <= len(item.responses) == len(item.ranks) <= 9
+        assert sorted(set(item.ranks)) == list(range(1, max(item.ranks) + 1))  # dense
+        assert max(item.ranks) > 1 and item.prompt and item.prompt == item.prompt.strip()
+    assert len({i.prompt for i in items}) == len(items)
 
 
 # --- round trips: what a correct exporter writes comes back as written --------------------------
