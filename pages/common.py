@@ -64,9 +64,11 @@ def show_worker_state() -> None:
     status = worker_status()
     if status is None:
         failure = recent_failure(database())
-        if failure:
+        if failure and is_operator():
             st.error("The background worker stopped with an error (see worker.log):")
             st.text(failure)
+        elif failure:  # the details (paths, tracebacks) are for operators
+            st.error("Items cannot be prepared right now; please tell an operator.")
         elif settings().auto_start_worker:
             st.info("No worker is running; starting one…")
         else:

@@ -236,3 +236,17 @@ def test_settings_page_snapshot_then_restore_needs_a_tick_and_brings_the_data_ba
     at.checkbox[0].check()
     next(b for b in at.button if b.label == "Restore").click().run()
     assert "Nothing was changed" in at.error[0].value and db["comparisons"].count == 3
+
+
+def test_a_worker_failure_is_detailed_to_operators_only(data_dir: Path) -> None:
+    from rlhf_loop.store.events import log_event
+    from rlhf_loop.worker import FAILED_EVENT
+
+    db = fresh_db(data_dir)
+    secret = "ModelLoadError: cannot read /srv/models/private-checkpoint"
+    log_event(db, FAILED_EVENT, error=secret)
+    annotator = rank_page()
+    assert "please tell an operator" in annotator.error[0].value
+    assert secret not in [t.value for t in annotator.text]
+    operator = operator_page("pages/training.py")
+    assert secret in [t.value for t in operator.text]
