@@ -199,6 +199,8 @@ def _v4_quality(db: sqlite_utils.Database) -> None:
     """Gold items (a known order to check annotators against), retired prompts, flag reviews."""
     # JSON dense ranks of a gold item's responses; NULL for items sampled from the policy.
     db["comparisons"].add_column("gold_ranks", str)
+    # The few gold items, found without scanning every comparison on each item served.
+    db.execute("CREATE INDEX idx_comparisons_gold ON comparisons(id) WHERE gold_ranks IS NOT NULL")
     # A prompt an operator retired (e.g. after a flag): no longer sampled nor served.
     db["prompts"].add_column("retired_at", float)
     db["flag_reviews"].create(

@@ -135,6 +135,18 @@ def next_task(
 def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int | None:
     """A gold item this annotator has not seen, when ``gold_every - 1`` policy items were served
     to them since their last gold one; else None."""
+    unseen = db.execute(
+        """
+        SELECT c.id FROM comparisons c
+        WHERE c.gold_ranks IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM assignments a
+                          WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
+        ORDER BY c.id LIMIT 1
+        """,
+        {"annotator": annotator},
+    ).fetchone()
+    if unseen is None:  # the usual case, with no (or no more) gold items: one index lookup
+        return None
     since_gold = db.execute(
         """
         SELECT count(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
@@ -146,19 +158,7 @@ def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int
         """,
         {"annotator": annotator},
     ).fetchone()[0]
-    if since_gold < gold_every - 1:
-        return None
-    row = db.execute(
-        """
-        SELECT c.id FROM comparisons c
-        WHERE c.gold_ranks IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM assignments a
-                          WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
-        ORDER BY c.id LIMIT 1
-        """,
-        {"annotator": annotator},
-    ).fetchone()
-    return row[0] if row else None
+    return unseen[0] if since_gold >= gold_every - 1 else None
 
 
 def free_slots(db: sqlite_utils.Database, overlap: int, assignment_timeout_s: float) -> int:
