@@ -19,6 +19,7 @@ from rlhf_loop.config import ConfigError, Settings, load_settings
 from rlhf_loop.store.annotators import (
     AnnotatorNameError,
     annotator_id,
+    check_key,
     clean_name,
     record_operator_sign_in,
 )
@@ -84,10 +85,17 @@ def show_worker_state() -> None:
 
 
 def current_annotator() -> tuple[int, str] | None:
-    """(id, name) of the annotator, kept in the URL so a reload keeps who is ranking."""
+    """(id, name) of the annotator, kept in the URL so a reload keeps who is ranking; with
+    ``annotator_access = "invite"`` the URL must also hold their current invite key."""
     name = st.query_params.get("annotator")
     if not name:
         return None
+    if settings().annotator_access == "invite":
+        person = check_key(database(), name, st.query_params.get("key", ""))
+        if person is None:
+            st.error("This ranking link is not valid, or it was replaced by a newer one.")
+            return None
+        return person, name
     try:
         return annotator_id(database(), name), name
     except AnnotatorNameError as exc:
@@ -97,6 +105,9 @@ def current_annotator() -> tuple[int, str] | None:
 
 
 def ask_annotator_name() -> None:
+    if settings().annotator_access == "invite":
+        st.info("Open the personal ranking link an operator gave you.")
+        return
     with st.form("who"):
         name = st.text_input("Your name", max_chars=64, placeholder="e.g. ada")
         if st.form_submit_button("Start ranking", type="primary"):

@@ -1,11 +1,13 @@
 """Settings page (operators): the settings in force, the database snapshot and its restore."""
 
 import dataclasses
+from urllib.parse import urlencode
 
 import streamlit as st
 
 from pages.common import database, require_operator, settings, sign_out
 from rlhf_loop.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
+from rlhf_loop.store.annotators import AnnotatorNameError, clean_name, invite, invited
 from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_name
 from rlhf_loop.store.db import StoreError
 
@@ -28,6 +30,39 @@ st.dataframe(
     hide_index=True,
     width="stretch",
 )
+
+st.subheader("Annotator links")
+st.caption(
+    f"Annotator access is {config.annotator_access!r}. With 'invite', only these personal links "
+    "open the Rank page, so nobody ranks under another's name. Making a new link for a name "
+    "replaces the old one (a leaked link stops working); the key is shown only now."
+)
+
+
+def on_invite() -> None:
+    try:
+        name = clean_name(st.session_state.get("invite-name", ""))
+        key = invite(db, name)
+    except AnnotatorNameError as exc:
+        st.session_state["invite-result"] = ("error", str(exc))
+    else:
+        query = urlencode({"annotator": name, "key": key})
+        st.session_state["invite-result"] = (
+            "link",
+            f"{(st.context.url or '').split('?')[0]}?{query}",
+        )
+
+
+with st.form("invite", clear_on_submit=True):
+    st.text_input("Annotator's name", max_chars=64, key="invite-name")
+    st.form_submit_button("Make a ranking link", icon=":material/link:", on_click=on_invite)
+kind, made = st.session_state.pop("invite-result", (None, None))
+if kind == "link":
+    st.code(made, language=None)
+elif kind == "error":
+    st.error(made)
+st.caption("Names with a link")
+st.text(", ".join(invited(db)) or "none yet")  # names are user text: never Markdown
 
 st.subheader("Database backup")
 st.caption(

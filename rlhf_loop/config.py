@@ -55,6 +55,8 @@ class Settings:
     queue_depth: int = 24
     # Annotators who rank each task (more than 1 lets agreement be measured).
     overlap: int = 1
+    # "open": anyone enters a name to rank; "invite": only with a link an operator made.
+    annotator_access: str = "open"
     # One item in this many is a gold item (known order) the annotator has not seen; 0 = none.
     gold_every: int = 10
     # A task served but not submitted goes back to the pool after this many seconds.
@@ -148,6 +150,10 @@ class Settings:
             (self.queue_depth >= 1, "queue_depth must be >= 1"),
             (self.overlap >= 1, "overlap must be >= 1"),
             (self.gold_every >= 0, "gold_every must be >= 0 (0 serves no gold items)"),
+            (
+                self.annotator_access in ("open", "invite"),
+                "annotator_access must be 'open' or 'invite'",
+            ),
             (self.assignment_timeout_s >= 1, "assignment_timeout_s must be >= 1"),
             (self.max_prompt_chars >= 1, "max_prompt_chars must be >= 1"),
             (self.demo_pretrain_steps >= 0, "demo_pretrain_steps must be >= 0"),

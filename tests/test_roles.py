@@ -145,3 +145,40 @@ def test_without_a_configured_hash_the_printed_one_off_password_signs_in(
     assert at.error[0].value == "Wrong password."
     _sign_in(at, "olga", password)
     assert not at.error and at.session_state["operator"] == "olga"
+
+
+def test_invite_only_ranking_needs_the_current_personal_link(
+    app_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from app_helpers import operator_page
+
+    monkeypatch.setenv("RLHF_LOOP_ANNOTATOR_ACCESS", "invite")
+    db = fresh_db(app_env)
+    make_comparisons(db, 2)
+    operator = operator_page("pages/settings.py")
+    operator.text_input(key="invite-name").input("ada")
+    next(b for b in operator.button if b.label == "Make a ranking link").click().run()
+    link = parse_qs(urlsplit(operator.code[0].value).query)
+    assert link["annotator"] == ["ada"] and "ada" in [t.value for t in operator.text]
+
+    def rank_as(name: str, key: str | None) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=30)
+        at.query_params["annotator"] = name
+        if key is not None:
+            at.query_params["key"] = key
+        return at.run()
+
+    for name, key in (("ada", None), ("ada", "guess"), ("bob", link["key"][0])):
+        refused = rank_as(name, key)
+        assert "not valid" in refused.error[0].value and not refused.text_input
+    at = rank_as("ada", link["key"][0])
+    at.text_input(key="typed-1").input("1 2 3 4")
+    at.button[0].click().run()
+    (row,) = db["rankings"].rows
+    assert db["annotators"].get(row["annotator_id"])["name"] == "ada"
+    # A new link for ada replaces the old one.
+    operator.text_input(key="invite-name").input("ada")
+    next(b for b in operator.button if b.label == "Make a ranking link").click().run()
+    assert "not valid" in rank_as("ada", link["key"][0]).error[0].value

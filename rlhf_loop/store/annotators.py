@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 import unicodedata
 
 import sqlite_utils
@@ -56,3 +59,31 @@ def record_operator_sign_in(db: sqlite_utils.Database, name: str) -> int:
         db["annotators"].update(person, {"role": "operator"})
         log_event(db, "operator_signed_in", person, name=name)
     return person
+
+
+def invite(db: sqlite_utils.Database, name: str) -> str:
+    """Register ``name`` (or keep them) with a fresh invite key, which replaces any earlier one;
+    returns the key, which is stored only as a hash and so can be shown just this once."""
+    key = secrets.token_urlsafe(16)
+    person = annotator_id(db, name)
+    with write_txn(db):
+        db["annotators"].update(person, {"key_hash": _key_hash(key)})
+        log_event(db, "annotator_invited", person, name=clean_name(name))
+    return key
+
+
+def check_key(db: sqlite_utils.Database, name: str, key: str) -> int | None:
+    """The annotator's id when ``key`` is their current invite key; else None."""
+    rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
+    if not rows or not rows[0]["key_hash"]:
+        return None
+    return rows[0]["id"] if hmac.compare_digest(_key_hash(key), rows[0]["key_hash"]) else None
+
+
+def invited(db: sqlite_utils.Database) -> list[str]:
+    """Names that hold an invite key, for the operator's list."""
+    return [r["name"] for r in db["annotators"].rows_where("key_hash IS NOT NULL", order_by="name")]
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()

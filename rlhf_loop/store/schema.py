@@ -196,7 +196,10 @@ def _v3_live_policy(db: sqlite_utils.Database) -> None:
 
 
 def _v4_quality(db: sqlite_utils.Database) -> None:
-    """Gold items (a known order to check annotators against), retired prompts, flag reviews."""
+    """Gold items (a known order to check annotators against), retired prompts, flag reviews,
+    and annotators' invite keys."""
+    # sha256 of an annotator's invite key (a random token, so no slow hash is needed).
+    db["annotators"].add_column("key_hash", str)
     # JSON dense ranks of a gold item's responses; NULL for items sampled from the policy.
     db["comparisons"].add_column("gold_ranks", str)
     # The few gold items, found without scanning every comparison on each item served.
