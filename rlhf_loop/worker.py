@@ -146,10 +146,12 @@ def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bo
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
     from rlhf_loop.sampler import sample_responses
     from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
+    from rlhf_loop.store.gold import recount_gold_tokens
     from rlhf_loop.store.tasks import free_slots
     from rlhf_loop.store.versions import live_policy
 
     model, tokenizer, version = policy.current(live_policy(db, settings.model))
+    recount_gold_tokens(db, lambda text: len(tokenizer(text)["input_ids"]))
     free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
     wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
     batch = (

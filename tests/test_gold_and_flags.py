@@ -15,7 +15,7 @@ from rlhf_loop.gold_import import GoldImportError, GoldItem, parse_gold_file
 from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.flags import ReviewError, flag_counts, open_flags, review_flag
 from rlhf_loop.store.generations import prompts_to_sample
-from rlhf_loop.store.gold import add_gold_items
+from rlhf_loop.store.gold import add_gold_items, recount_gold_tokens
 from rlhf_loop.store.quality import annotator_report
 from rlhf_loop.store.submissions import submit
 from rlhf_loop.store.tasks import free_slots, next_task, tasks_left_for
@@ -103,6 +103,14 @@ def test_gold_import_twice_keeps_the_first_known_order(tmp_path: Path) -> None:
     again = add_gold_items(db, [GoldItem("gold prompt 0", ["x", "y"], [2, 1], 1)], "gold:again")
     assert (again.added, again.already_present) == (0, 1)
     assert json.loads(next(db["comparisons"].rows)["gold_ranks"]) == [1, 2, 3]
+
+
+def test_gold_token_estimates_are_recounted_once(tmp_path: Path) -> None:
+    db = fresh_db(tmp_path)
+    _gold(db, 2)
+    assert recount_gold_tokens(db, len) == 6  # 2 items x 3 responses
+    assert recount_gold_tokens(db, lambda text: 0) == 0  # already exact: nothing to do
+    assert sorted(g["token_count"] for g in db["generations"].rows) == [3, 3, 4, 4, 4, 4]
 
 
 def _flag(db, who: str = "ada", reason: str = "Prompt is broken. " + SCRIPT) -> int:

@@ -12,11 +12,14 @@ from pathlib import Path
 import pytest
 from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import add_texts, fresh_db
+from transformers import AutoTokenizer
 
 from rlhf_loop.config import Settings, load_settings
+from rlhf_loop.gold_import import GoldItem
 from rlhf_loop.model.loader import load_causal_lm
 from rlhf_loop.sampler import SamplingParams, sample_responses
 from rlhf_loop.store import leases
+from rlhf_loop.store.gold import GOLD_POLICY_VERSION, add_gold_items
 from rlhf_loop.store.tasks import free_slots
 from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker, settings_env
@@ -72,6 +75,9 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
     env = worker_env(tmp_path, demo_model_path)
     db = fresh_db(tmp_path)
     add_texts(db, [f"What is {i} + {i}?" for i in range(10)])
+    add_gold_items(
+        db, [GoldItem("Name a colour.", ["Red.", "A colour, say blue."], [1, 2], 1)], "g"
+    )
     worker = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
     first = subprocess.Popen(worker, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
     time.sleep(0.5)  # let the first claim the lease
@@ -79,9 +85,16 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
     assert "another worker holds the lease" in second.stdout
     assert first.wait(timeout=120) == 0
     assert free_slots(db, overlap=1, assignment_timeout_s=600) >= 6
-    comparisons = list(db["comparisons"].rows)
+    comparisons = list(db["comparisons"].rows_where("gold_ranks IS NULL"))
     assert all(c["k"] == 3 and c["policy_version"] == 0 for c in comparisons)
-    generation = next(iter(db["generations"].rows))
+    # The gold responses' estimated token counts were replaced by the policy tokenizer's.
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_path)
+    gold = list(db["generations"].rows_where("policy_version = ?", [GOLD_POLICY_VERSION]))
+    assert [g["token_count"] for g in gold] == [
+        len(tokenizer(g["text"])["input_ids"]) for g in gold
+    ]
+    assert all(json.loads(g["params"])["counted"] for g in gold)
+    generation = next(iter(db["generations"].rows_where("policy_version = 0")))
     assert json.loads(generation["params"]) == {
         "k": 3,
         "max_new_tokens": 16,
@@ -90,7 +103,7 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
         "top_k": 0,
         "top_p": 0.95,
     }
-    assert db["prompts"].count == 10  # demo prompts are seeded only into an empty table
+    assert db["prompts"].count == 11  # demo prompts are seeded only into an empty table
     assert leases.live_holder(db, LEASE, 60) is None  # released on exit
 
 

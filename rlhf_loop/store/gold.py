@@ -2,12 +2,15 @@
 
 Stored as an ordinary comparison (so the Rank page shows it like any other item) whose
 ``gold_ranks`` holds the known order and whose generations carry ``GOLD_POLICY_VERSION``,
-since no policy wrote them.
+since no policy wrote them. Their token counts (shown under each response) are estimates until
+the worker recounts them with the policy's tokenizer: an estimate beside exact counts would let
+an attentive annotator tell the gold items apart.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -48,7 +51,7 @@ def add_gold_items(db: sqlite_utils.Database, items: list[GoldItem], source: str
                 continue
             samples = [Sample(text, approx_tokens(text), True) for text in item.responses]
             [comparison_id] = add_comparisons(
-                db, GOLD_POLICY_VERSION, [prompt_id], [samples], {"gold": source}
+                db, GOLD_POLICY_VERSION, [prompt_id], [samples], {"gold": source, "counted": False}
             )
             db["comparisons"].update(comparison_id, {"gold_ranks": json.dumps(item.ranks)})
             added += 1
@@ -66,3 +69,23 @@ def _prompt_id(db: sqlite_utils.Database, text: str, source: str) -> int:
         .insert({"text": text, "text_hash": key, "source": source, "created_at": now()})
         .last_pk
     )
+
+
+def recount_gold_tokens(db: sqlite_utils.Database, count_tokens: Callable[[str], int]) -> int:
+    """Replace estimated token counts of gold responses with ``count_tokens``; returns how many
+    (none after the first call: a cheap query for the worker to make before each batch)."""
+    rows = list(
+        db["generations"].rows_where(
+            "policy_version = ? AND json_extract(params, '$.counted') = 0",
+            [GOLD_POLICY_VERSION],
+            select="id, text, params",
+        )
+    )
+    with write_txn(db):
+        for row in rows:
+            params = {**json.loads(row["params"]), "counted": True}
+            db["generations"].update(
+                row["id"],
+                {"token_count": count_tokens(row["text"]), "params": json.dumps(params)},
+            )
+    return len(rows)
