@@ -182,3 +182,15 @@ def test_invite_only_ranking_needs_the_current_personal_link(
     operator.text_input(key="invite-name").input("ada")
     next(b for b in operator.button if b.label == "Make a ranking link").click().run()
     assert "not valid" in rank_as("ada", link["key"][0]).error[0].value
+
+
+@pytest.mark.parametrize("page", ["dashboard", "training", "data", "settings"])
+def test_an_operator_page_run_on_its_own_stops_for_a_session_without_sign_in(
+    app_env: Path, page: str
+) -> None:
+    """Streamlit can list the files of pages/ by themselves (after a server restart, before a
+    reload); such a run never reaches app.py's navigation, so each page guards itself."""
+    fresh_db(app_env)
+    at = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=30).run()
+    assert "This page is for operators" in at.error[0].value
+    assert not at.button and not at.get("download_button") and not at.dataframe
