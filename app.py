@@ -6,7 +6,7 @@ operator pages. A page that is not in the navigation cannot be opened by its URL
 
 import streamlit as st
 
-from pages.common import announce_operator_password, is_operator, start_worker_if_needed
+from pages.common import VIA_APP, announce_operator_password, is_operator, start_worker_if_needed
 
 st.set_page_config(page_title="rlhf-loop", page_icon=":material/sort:", layout="wide")
 announce_operator_password()
@@ -28,4 +28,5 @@ else:
     ]
 navigation = st.navigation(pages)
 start_worker_if_needed()
+st.session_state[VIA_APP] = True
 navigation.run()

@@ -29,6 +29,18 @@ from rlhf_loop.store.leases import live_holder
 from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker, recent_failure
 
+# Set by app.py on every run. Streamlit runs the file of pages/ named by the URL directly, without
+# app.py, in a server's first session if it opens on a page URL (its pre-navigation multipage
+# mode, which a folder named pages/ turns on until st.navigation is first called).
+VIA_APP = "_via_app"
+
+
+def enter_through_app() -> None:
+    """First line of every page: a run that skipped app.py goes back through it, so the roles'
+    navigation, the worker start and the operator password always come first."""
+    if not st.session_state.get(VIA_APP):  # keep ?annotator=...: it says who is ranking
+        st.switch_page("app.py", query_params=st.query_params.to_dict())
+
 
 def settings() -> Settings:
     """Read on every run (a small file): an edited config applies without a restart."""

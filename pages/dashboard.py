@@ -6,11 +6,13 @@ The figures inform; nothing here bans or down-weights an annotator automatically
 import altair as alt
 import streamlit as st
 
-from pages.common import database, require_operator, settings
+from pages.common import database, enter_through_app, require_operator, settings
 from rlhf_loop.agreement import pairwise_tau
 from rlhf_loop.ranking import response_labels
 from rlhf_loop.store.flags import ReviewError, flag_counts, open_flags, review_flag
 from rlhf_loop.store.quality import annotator_report, judgements, overall
+
+enter_through_app()
 
 require_operator()
 config = settings()

@@ -4,13 +4,15 @@ from collections.abc import Callable
 
 import streamlit as st
 
-from pages.common import database, require_operator, settings
+from pages.common import database, enter_through_app, require_operator, settings
 from rlhf_loop.export import pair_records, ranking_records, to_jsonl
 from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
 from rlhf_loop.store.gold import add_gold_items
 from rlhf_loop.store.prompts import add_prompts
+
+enter_through_app()
 
 require_operator()
 config = settings()

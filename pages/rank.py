@@ -11,6 +11,7 @@ from pages.common import (
     ask_annotator_name,
     current_annotator,
     database,
+    enter_through_app,
     settings,
     show_worker_state,
 )
@@ -24,6 +25,8 @@ from rlhf_loop.store.submissions import (
     undo_last,
 )
 from rlhf_loop.store.tasks import Task, next_task, tasks_left_for
+
+enter_through_app()
 
 LONG_TEXT_CHARS = 1500  # longer texts scroll inside a box instead of stretching the page
 FLAG_REASONS = ["All responses are bad", "Prompt is broken", "Harmful content", "Other"]

@@ -5,11 +5,13 @@ from urllib.parse import urlencode
 
 import streamlit as st
 
-from pages.common import database, require_operator, settings, sign_out
+from pages.common import database, enter_through_app, require_operator, settings, sign_out
 from rlhf_loop.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
 from rlhf_loop.store.annotators import AnnotatorNameError, clean_name, invite, invited
 from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_name
 from rlhf_loop.store.db import StoreError
+
+enter_through_app()
 
 require_operator()
 config = settings()

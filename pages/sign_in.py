@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pages.common import sign_in
+from pages.common import enter_through_app, sign_in
+
+enter_through_app()
 
 st.title("Operator sign-in")
 st.caption(

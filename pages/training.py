@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from pages.common import database, require_operator, settings, show_worker_state
+from pages.common import database, enter_through_app, require_operator, settings, show_worker_state
 from rlhf_loop.reports import (
     PPO_CURVES,
     jobs_table,
@@ -14,6 +14,8 @@ from rlhf_loop.reports import (
 )
 from rlhf_loop.store.jobs import enqueue
 from rlhf_loop.store.versions import set_live_policy
+
+enter_through_app()
 
 require_operator()
 config = settings()

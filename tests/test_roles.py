@@ -12,6 +12,7 @@ from app_helpers import APP
 from store_helpers import fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
+from pages.common import VIA_APP
 from rlhf_loop.auth import (
     HASH_ENV,
     CredentialError,
@@ -188,9 +189,12 @@ def test_invite_only_ranking_needs_the_current_personal_link(
 def test_an_operator_page_run_on_its_own_stops_for_a_session_without_sign_in(
     app_env: Path, page: str
 ) -> None:
-    """Streamlit can list the files of pages/ by themselves (after a server restart, before a
-    reload); such a run never reaches app.py's navigation, so each page guards itself."""
+    """Defence in depth: a page file run without app.py's navigation (Streamlit does that for a
+    server's first session on a page URL, which enter_through_app then sends through app.py;
+    tests/test_browser.py checks that) still shows nothing to a session that did not sign in."""
     fresh_db(app_env)
-    at = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=30).run()
+    at = AppTest.from_file(str(REPO / "pages" / f"{page}.py"), default_timeout=30)
+    at.session_state[VIA_APP] = True  # past the redirect, as if app.py had run before
+    at.run()
     assert "This page is for operators" in at.error[0].value
     assert not at.button and not at.get("download_button") and not at.dataframe
