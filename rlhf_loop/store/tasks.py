@@ -32,7 +32,7 @@ _FREE_SLOTS = """
 # A policy item (not gold) of a prompt still in use (not retired).
 _IN_POOL = """
     c.gold_ranks IS NULL
-    AND NOT EXISTS (SELECT 1 FROM prompts p WHERE p.id = c.prompt_id AND p.retired_at IS NOT NULL)
+    AND c.prompt_id NOT IN (SELECT id FROM prompts WHERE retired_at IS NOT NULL)
 """
 
 # ...that this annotator has not been served yet, with a slot left.
