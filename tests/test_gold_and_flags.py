@@ -97,6 +97,20 @@ def test_gold_items_come_one_in_every_n_once_each_and_stay_out_of_training(
     assert report["bob"]["gold_tau"] == -1.0 and report["bob"]["gold_pair_accuracy"] == 0.0
 
 
+def test_a_retired_gold_prompt_is_no_longer_served(tmp_path: Path) -> None:
+    db = fresh_db(tmp_path)
+    make_comparisons(db, 3, k=3)
+    _gold(db, 1)
+    ada = annotator_id(db, "ada")
+    gold = next_task(db, ada, overlap=2, assignment_timeout_s=600, gold_every=1)
+    assert db["comparisons"].get(gold.comparison_id)["gold_ranks"] is not None
+    flag = submit(db, ada, gold.comparison_id, "flagged", reason="Prompt is broken.")
+    review_flag(db, flag, "retired_prompt", "olga")
+    bob = annotator_id(db, "bob")
+    served = next_task(db, bob, overlap=2, assignment_timeout_s=600, gold_every=1)
+    assert db["comparisons"].get(served.comparison_id)["gold_ranks"] is None
+
+
 def test_gold_import_twice_keeps_the_first_known_order(tmp_path: Path) -> None:
     db = fresh_db(tmp_path)
     _gold(db, 1)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.prompts import IN_USE
 from rlhf_loop.store.versions import live_policy
 
 
@@ -30,17 +31,12 @@ def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
 def prompts_to_sample(
     db: sqlite_utils.Database, policy_version: int, n: int
 ) -> list[tuple[int, str]]:
-    """The n prompts with the fewest ranking tasks at this policy version, oldest first.
-
-    Retired prompts are left out, and so are gold prompts: a policy sample of a gold item's
-    prompt would show annotators which items are the checks.
-    """
+    """The n prompts in use with the fewest ranking tasks at this policy version, oldest first."""
     rows = db.execute(
-        """
+        f"""
         SELECT p.id, p.text FROM prompts p
         LEFT JOIN comparisons c ON c.prompt_id = p.id AND c.policy_version = ?
-        WHERE p.retired_at IS NULL
-          AND p.id NOT IN (SELECT prompt_id FROM comparisons WHERE gold_ranks IS NOT NULL)
+        WHERE {IN_USE}
         GROUP BY p.id ORDER BY count(c.id), p.id LIMIT ?
         """,
         [policy_version, n],

@@ -65,14 +65,14 @@ def prompt_count(db: sqlite_utils.Database) -> int:
     return db["prompts"].count
 
 
+# A prompt ``p`` that the policy may be sampled and trained on: not retired by an operator, and
+# not a gold item's (a policy sample of it beside the gold item would give the check away).
+IN_USE = """
+    p.retired_at IS NULL
+    AND p.id NOT IN (SELECT prompt_id FROM comparisons WHERE gold_ranks IS NOT NULL)
+"""
+
+
 def prompt_texts_in_use(db: sqlite_utils.Database) -> list[str]:
-    """Prompts training may use, oldest first: not retired, not a gold item's."""
-    rows = db.query(
-        """
-        SELECT text FROM prompts
-        WHERE retired_at IS NULL
-          AND id NOT IN (SELECT prompt_id FROM comparisons WHERE gold_ranks IS NOT NULL)
-        ORDER BY id
-        """
-    )
-    return [r["text"] for r in rows]
+    """Prompts training may use, oldest first."""
+    return [r["text"] for r in db.query(f"SELECT text FROM prompts p WHERE {IN_USE} ORDER BY id")]

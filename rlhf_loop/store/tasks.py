@@ -29,11 +29,10 @@ _FREE_SLOTS = """
        WHERE a.comparison_id = c.id AND a.closed_at IS NULL AND a.served_at > :cutoff)
 """
 
-# A policy item (not gold) of a prompt still in use (not retired).
-_IN_POOL = """
-    c.gold_ranks IS NULL
-    AND c.prompt_id NOT IN (SELECT id FROM prompts WHERE retired_at IS NOT NULL)
-"""
+_NOT_RETIRED = "c.prompt_id NOT IN (SELECT id FROM prompts WHERE retired_at IS NOT NULL)"
+
+# A policy item (not gold) of a prompt still in use.
+_IN_POOL = f"c.gold_ranks IS NULL AND {_NOT_RETIRED}"
 
 # ...that this annotator has not been served yet, with a slot left.
 _SERVABLE = f"""
@@ -136,9 +135,9 @@ def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int
     """A gold item this annotator has not seen, when ``gold_every - 1`` policy items were served
     to them since their last gold one; else None."""
     unseen = db.execute(
-        """
+        f"""
         SELECT c.id FROM comparisons c
-        WHERE c.gold_ranks IS NOT NULL
+        WHERE c.gold_ranks IS NOT NULL AND {_NOT_RETIRED}
           AND NOT EXISTS (SELECT 1 FROM assignments a
                           WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
         ORDER BY c.id LIMIT 1
