@@ -16,6 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from rlhf_loop.ranking import strict_pairs
+from rlhf_loop.store.generations import comparison_generations
 
 _LIVE_RANKINGS = """
     SELECT r.id, r.comparison_id, r.ranks, r.seconds, r.created_at, a.name AS annotator,
@@ -33,11 +34,7 @@ _LIVE_RANKINGS = """
 def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
     """One record per live ranking: the prompt, each response with its rank, who and how long."""
     for row in db.query(_LIVE_RANKINGS):
-        ids = json.loads(row["generation_ids"])
-        texts = {
-            g["id"]: g["text"]
-            for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
-        }
+        generations = comparison_generations(db, row["generation_ids"])
         ranks = json.loads(row["ranks"])
         yield {
             "ranking_id": row["id"],
@@ -49,8 +46,8 @@ def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
             "seconds": round(row["seconds"], 3),
             "created_at": row["created_at"],
             "responses": [
-                {"generation_id": g, "text": texts[g], "rank": r}
-                for g, r in zip(ids, ranks, strict=True)
+                {"generation_id": g["id"], "text": g["text"], "rank": r}
+                for g, r in zip(generations, ranks, strict=True)
             ],
         }
 

@@ -12,7 +12,6 @@ Two signals from the newest reward model, both cheap (one scoring pass per new c
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 
@@ -25,6 +24,7 @@ from rlhf_loop.reward.data import exchange_text
 from rlhf_loop.reward.model import flat_rewards, load_reward_model
 from rlhf_loop.store.db import write_txn
 from rlhf_loop.store.events import log_event
+from rlhf_loop.store.generations import comparison_generations
 from rlhf_loop.store.versions import latest_version
 
 DIFFICULTY_WEIGHT = 0.1  # nats of pair entropy given up per standard deviation off-centre
@@ -87,15 +87,9 @@ def reprioritise(
         return 0
     rewards = []
     for comparison in comparisons:
-        ids = json.loads(comparison["generation_ids"])
-        texts = {
-            g["id"]: g["text"]
-            for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
-        }
+        texts = [g["text"] for g in comparison_generations(db, comparison["generation_ids"])]
         prompt = db["prompts"].get(comparison["prompt_id"])["text"]
-        rewards.append(
-            score_responses(model, tokenizer, prompt, [texts[i] for i in ids], max_length)
-        )
+        rewards.append(score_responses(model, tokenizer, prompt, texts, max_length))
     with write_txn(db):
         for comparison, priority in zip(comparisons, selection_priority(rewards), strict=True):
             db["comparisons"].update(comparison["id"], {"priority": priority})

@@ -7,7 +7,6 @@ on). Either way the flag row stays; the review is its own row, so the audit trai
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any, Literal
 
@@ -15,6 +14,7 @@ import sqlite_utils
 
 from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.events import log_event
+from rlhf_loop.store.generations import comparison_generations
 
 Decision = Literal["dismissed", "retired_prompt"]
 DECISIONS: tuple[Decision, ...] = ("dismissed", "retired_prompt")
@@ -42,14 +42,8 @@ def open_flags(db: sqlite_utils.Database, limit: int = 50) -> list[dict[str, Any
     )
     flags = []
     for row in rows:
-        ids = json.loads(row.pop("generation_ids"))
-        texts = {
-            g["id"]: g["text"]
-            for g in db["generations"].rows_where(
-                f"id IN ({','.join('?' * len(ids))})", ids, select="id, text"
-            )
-        }
-        flags.append({**row, "responses": [texts[i] for i in ids]})
+        generations = comparison_generations(db, row.pop("generation_ids"))
+        flags.append({**row, "responses": [g["text"] for g in generations]})
     return flags
 
 

@@ -23,6 +23,14 @@ class Sample:
     finished: bool  # ended with the end-of-sequence token rather than the length limit
 
 
+def comparison_generations(db: sqlite_utils.Database, generation_ids: str) -> list[dict]:
+    """A comparison's generation rows in display order, from its ``generation_ids`` JSON."""
+    ids = json.loads(generation_ids)
+    rows = db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
+    by_id = {g["id"]: g for g in rows}
+    return [by_id[i] for i in ids]
+
+
 def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
     """The version the sampler serves on ``base_model`` (the bare base model is version 0)."""
     return live_policy(db, base_model)["version"]

@@ -13,12 +13,12 @@ Items of a retired prompt are no longer served.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import sqlite_utils
 
 from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.generations import comparison_generations
 
 # Slots a comparison still has free: overlap minus live (non-skip) rankings minus open assignments.
 _FREE_SLOTS = """
@@ -69,13 +69,9 @@ class Task:
 def load_task(db: sqlite_utils.Database, comparison_id: int, served_at: float) -> Task:
     comparison = db["comparisons"].get(comparison_id)
     prompt = db["prompts"].get(comparison["prompt_id"])
-    ids = json.loads(comparison["generation_ids"])
-    by_id = {
-        g["id"]: g for g in db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
-    }
     responses = [
-        Response(i, by_id[i]["text"], by_id[i]["token_count"], bool(by_id[i]["finished"]))
-        for i in ids
+        Response(g["id"], g["text"], g["token_count"], bool(g["finished"]))
+        for g in comparison_generations(db, comparison["generation_ids"])
     ]
     return Task(comparison_id, prompt["text"], comparison["policy_version"], responses, served_at)
 
