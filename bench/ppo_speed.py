@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
-import math
 import os
 import random
 import resource
@@ -61,14 +59,8 @@ VENV_PYTHON = VENV / "bin" / "python"
 VENV_PACKAGES = ["torch==2.13.0", "trl==1.12.0", "peft", "transformers"]
 sys.path.insert(0, str(REPO))
 
-from bench.probes import (  # noqa: E402
-    PAGE,
-    machine_busy_s,
-    peak_rss_mib,
-    reset_peak_rss,
-    rss_mib,
-    trim_heap,
-)
+from bench import probes  # noqa: E402
+from bench.probes import PAGE  # noqa: E402
 
 ARMS = ("ours", "trl_ppo", "grpo")
 SEED = 0
@@ -107,56 +99,26 @@ class AnonPeak(threading.Thread):
         return max(self.peak, rss_parts_mib()[0])
 
 
-class Window:
-    """Wall time, CPU time and peak RSS growth of the training, and the CPU share other
-    processes took meanwhile (the machine is shared)."""
+class Window(probes.Window):
+    """The shared window, plus anonymous and file-backed RSS: their split shows how much of the
+    growth is heap rather than mapped weights."""
 
-    def __enter__(self) -> Window:
-        gc.collect()
-        trim_heap()
-        self.rss_before = rss_mib()
+    def start(self) -> None:
         self.anon_before, self.file_before = rss_parts_mib()
-        self.reset_ok = reset_peak_rss()
         self.sampler = AnonPeak()
         self.sampler.start()
-        self.busy0 = machine_busy_s()
-        self.cpu0 = time.process_time()
-        self.t0 = time.perf_counter()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = time.process_time() - self.cpu0
-        self.others = max(0.0, machine_busy_s() - self.busy0 - self.cpu)
+    def stop(self) -> None:
         self.anon_peak = self.sampler.stop()
         self.file_after = rss_parts_mib()[1]
-        self.peak = peak_rss_mib() if self.reset_ok else math.nan
 
     def record(self) -> dict[str, float]:
         return {
-            "train_wall_s": self.wall,
-            "train_cpu_s": self.cpu,
-            "contention": self.others / (self.wall * (os.cpu_count() or 1)),
-            "rss_before_train_mib": self.rss_before,
-            "peak_rss_during_train_mib": self.peak,
-            "rss_delta_train_mib": self.peak - self.rss_before,
+            **super().record(),
             "anon_rss_before_train_mib": self.anon_before,
             "anon_rss_peak_delta_mib": self.anon_peak - self.anon_before,
             "file_rss_delta_train_mib": self.file_after - self.file_before,
         }
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.15, probe_s: float = 2.0) -> float:
-    """Wait up to max_wait_s for the machine to be (1 - threshold) idle; seconds waited."""
-    started = time.perf_counter()
-    cores = os.cpu_count() or 1
-    while True:
-        busy0 = machine_busy_s()
-        time.sleep(probe_s)
-        share = (machine_busy_s() - busy0) / (probe_s * cores)
-        waited = time.perf_counter() - started
-        if share < threshold or waited >= max_wait_s:
-            return waited
 
 
 def response_tokens(responses: Any, eos_id: int) -> int:
@@ -662,7 +624,7 @@ def run_child(arm: str, python: str, config_path: Path, args: argparse.Namespace
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONWARNINGS": "ignore",
     }
-    waited = wait_for_quiet(args.quiet_wait)
+    waited = probes.wait_for_quiet(args.quiet_wait, threshold=0.15)
     started = time.perf_counter()
     done = subprocess.run(
         [*command, "--result", result_path], env=env, capture_output=True, text=True

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import copy
-import gc
 import json
 import math
 import os
@@ -50,13 +49,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from transformers import PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
 
-from bench.probes import (  # noqa: E402
-    machine_busy_s,
-    peak_rss_mib,
-    reset_peak_rss,
-    rss_mib,
-    trim_heap,
-)
+from bench import probes  # noqa: E402
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.model.demo_build import ensure_demo_model, spec_from_settings  # noqa: E402
 from rlhf_loop.model.demo_corpus import demo_examples  # noqa: E402
@@ -167,55 +160,22 @@ def held_out_accuracy(
 # ---------------------------------------------------------------------------------------------
 
 
-class Window:
-    """Wall time, process CPU time and RSS growth of one block of work, and how much CPU other
-    processes took meanwhile (the machine is shared: contention slows either arm)."""
+class Window(probes.Window):
+    """The shared window, plus the load average either side and other processes' CPU seconds."""
 
-    def __enter__(self) -> Window:
-        gc.collect()
-        trim_heap()
-        self.rss_before = rss_mib()
-        self.reset_ok = reset_peak_rss()
+    def start(self) -> None:
         self.load_before = os.getloadavg()[0]
-        self.busy0 = machine_busy_s()
-        self.cpu0 = time.process_time()
-        self.t0 = time.perf_counter()
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self.t0
-        self.cpu = time.process_time() - self.cpu0
-        self.others = max(0.0, machine_busy_s() - self.busy0 - self.cpu)
-        self.peak = peak_rss_mib() if self.reset_ok else math.nan
+    def stop(self) -> None:
         self.load_after = os.getloadavg()[0]
 
     def record(self) -> dict[str, float]:
         return {
-            "train_wall_s": self.wall,
-            "train_cpu_s": self.cpu,
+            **super().record(),
             "others_cpu_s": self.others,
-            # share of the machine's CPU capacity other processes used during the timing
-            "contention": self.others / (self.wall * (os.cpu_count() or 1)),
-            "rss_before_train_mib": self.rss_before,
-            "peak_rss_during_train_mib": self.peak,
-            "rss_delta_train_mib": self.peak - self.rss_before,
             "loadavg_1m_before": self.load_before,
             "loadavg_1m_after": self.load_after,
         }
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float = 0.1, probe_s: float = 2.0) -> float:
-    """Wait (up to max_wait_s) until the machine is at least 1 - threshold idle over a probe;
-    returns the seconds waited. Other sessions share this machine."""
-    started = time.perf_counter()
-    cores = os.cpu_count() or 1
-    while True:
-        busy0 = machine_busy_s()
-        time.sleep(probe_s)
-        share = (machine_busy_s() - busy0) / (probe_s * cores)
-        waited = time.perf_counter() - started
-        if share < threshold or waited >= max_wait_s:
-            return waited
 
 
 def first_loss(losses: list[float]) -> float:
@@ -410,7 +370,7 @@ def run_child(arm: str, k: int, n: int, args: argparse.Namespace) -> dict[str, A
     env = os.environ | {"OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     best: dict[str, Any] | None = None
     for attempt in range(1, args.retries + 2):
-        waited = wait_for_quiet(args.quiet_wait)
+        waited = probes.wait_for_quiet(args.quiet_wait, threshold=0.1)
         started = time.perf_counter()
         subprocess.run(command, env=env, check=True)
         result = json.loads(Path(result_path).read_text())
