@@ -66,9 +66,7 @@ def reward_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             "pairwise accuracy": v["metrics"].get("pairwise_accuracy"),
             "3-way accuracy": v["metrics"].get("three_way_accuracy"),
             "held-out NLL": v["metrics"].get("heldout_nll"),
-            "tie ν": None
-            if v["metrics"].get("log_nu") is None
-            else 2.718281828 ** v["metrics"]["log_nu"],
+            "tie ν": _nu(v["metrics"].get("log_nu")),
             "path": v["path"],
         }
         for v in list_versions(db, "reward")
