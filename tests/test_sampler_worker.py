@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import add_texts, fresh_db
 from transformers import AutoTokenizer
+from worker_helpers import worker_env
 
-from rlhf_loop.config import Settings, load_settings
+from rlhf_loop.config import load_settings
 from rlhf_loop.gold_import import GoldItem
 from rlhf_loop.model.loader import load_causal_lm
 from rlhf_loop.sampler import SamplingParams, sample_responses
@@ -22,7 +22,7 @@ from rlhf_loop.store import leases
 from rlhf_loop.store.gold import GOLD_POLICY_VERSION, add_gold_items
 from rlhf_loop.store.tasks import free_slots
 from rlhf_loop.worker import LEASE
-from rlhf_loop.worker_launch import ensure_worker, settings_env
+from rlhf_loop.worker_launch import ensure_worker
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,26 +53,24 @@ def test_a_prompt_longer_than_the_context_is_truncated_not_fatal(policy) -> None
     assert len(group) == 2
 
 
-def worker_env(tmp_path: Path, demo_model_path: Path, **overrides: object) -> dict[str, str]:
-    settings = Settings(
-        data_dir=str(tmp_path),
-        model_cache_dir=str(demo_model_path.parent),
-        demo_pretrain_steps=TEST_PRETRAIN_STEPS,
-        device="cpu",
+def sampling_env(tmp_path: Path, demo_model_path: Path) -> dict[str, str]:
+    """A worker that seeds demo prompts into an empty table and keeps a small queue full."""
+    return worker_env(
+        tmp_path,
+        demo_model_path,
+        seed_demo_prompts=True,
         k=3,
         max_new_tokens=16,
         queue_depth=6,
         sample_batch_prompts=4,
         lease_timeout_s=5.0,
-    ).replace(**overrides)
-    (tmp_path / "empty.toml").write_text("")
-    return os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}
+    )
 
 
 def test_worker_fills_the_queue_and_records_how_it_sampled(
     tmp_path: Path, demo_model_path: Path
 ) -> None:
-    env = worker_env(tmp_path, demo_model_path)
+    env = sampling_env(tmp_path, demo_model_path)
     db = fresh_db(tmp_path)
     add_texts(db, [f"What is {i} + {i}?" for i in range(10)])
     add_gold_items(
@@ -110,7 +108,7 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
 def test_app_launcher_starts_one_worker_which_replaces_a_dead_one(
     tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = worker_env(tmp_path, demo_model_path)
+    env = sampling_env(tmp_path, demo_model_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)  # the launcher passes its own environment on
     settings = load_settings(environ=env)
