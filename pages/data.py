@@ -52,6 +52,7 @@ st.subheader("Import prompts")
 st.caption(
     'A .txt file with one prompt per line, a .jsonl file with a "prompt" field per line '
     '(optional "label"), or a .csv file with a "prompt" column (optional "label"). '
+    'A label is "open" or "closed" in any case, or empty for none. '
     "A file with any malformed row is refused whole; duplicates are skipped."
 )
 import_form("import", "Prompt file", ["txt", "jsonl", "csv"], store_prompts)

@@ -29,6 +29,9 @@ _SAVE_AS_UTF8 = (
     "save it as UTF-8 text (in most editors: Save As, encoding UTF-8) and import it again"
 )
 _NO_PROMPTS = "the file contains no prompts"
+# The prompt-aware reward's two utilities (reward/losses.py OPENNESS_LABELS): any other label
+# would train as unlabelled without a word, so the import refuses it.
+PROMPT_LABELS = ("open", "closed")
 
 
 @dataclass(frozen=True)
@@ -167,10 +170,20 @@ class _Collector:
         )
 
 
-def _clean_label(label: str | None) -> str | None:
-    """An empty label cell means "no label", not a label called ""."""
+def _clean_label(label: str | None, line: int) -> str | None:
+    """A known label in any case, stored lower-cased; an empty cell means "no label", not a
+    label called "". Anything else is refused: 'Opne' must not silently mean unlabelled."""
     stripped = (label or "").strip()
-    return stripped or None
+    if not stripped:
+        return None
+    if stripped.lower() not in PROMPT_LABELS:
+        allowed = " or ".join(f"'{name}'" for name in PROMPT_LABELS)
+        raise PromptImportError(
+            f"unknown label '{_shorten(stripped)}'; use {allowed} (any case), "
+            "or leave it empty for no label",
+            line,
+        )
+    return stripped.lower()
 
 
 # --- .txt ---------------------------------------------------------------------------------------
@@ -256,7 +269,7 @@ def _json_label(record: dict[str, Any], number: int) -> str | None:
     label = record.get("label")
     if label is not None and not isinstance(label, str):
         raise PromptImportError(f"'label' must be text or null, found {json_kind(label)}", number)
-    return _clean_label(label)
+    return _clean_label(label, number)
 
 
 def json_kind(value: Any) -> str:
@@ -286,7 +299,7 @@ def _parse_csv(text: str, collector: _Collector) -> None:
         prompt = record[columns.prompt]
         if not prompt.strip():
             raise PromptImportError("the 'prompt' cell is empty", number)
-        collector.add(number, prompt, columns.label_of(record), columns.meta_of(record))
+        collector.add(number, prompt, columns.label_of(record, number), columns.meta_of(record))
 
 
 def _csv_records(text: str) -> Iterator[tuple[int, list[str]]]:
@@ -373,8 +386,8 @@ class _Columns:
                 line,
             )
 
-    def label_of(self, record: list[str]) -> str | None:
-        return None if self.label is None else _clean_label(record[self.label])
+    def label_of(self, record: list[str], line: int) -> str | None:
+        return None if self.label is None else _clean_label(record[self.label], line)
 
     def meta_of(self, record: list[str]) -> dict[str, Any]:
         skip = (self.prompt, self.label)

@@ -25,7 +25,12 @@ from store_helpers import fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
 from rlhf_loop.gold_import import GoldImportError, parse_gold_file
-from rlhf_loop.prompt_import import ParsedPrompts, PromptImportError, parse_prompt_file
+from rlhf_loop.prompt_import import (
+    PROMPT_LABELS,
+    ParsedPrompts,
+    PromptImportError,
+    parse_prompt_file,
+)
 from rlhf_loop.ranking import (
     RankingError,
     dense_ranks,
@@ -62,6 +67,21 @@ _POISONS = st.one_of(
 )
 _SOME_TEXT = st.lists(st.one_of(_WORD, _WORD, _ODD_CHARS), min_size=1, max_size=10).map("".join)
 _NASTY_TEXT = st.lists(st.one_of(_WORD, _ODD_CHARS, _POISONS), max_size=20).map("".join)
+
+
+@st.composite
+def _any_case(draw: st.DrawFn, word: str) -> str:
+    return "".join(c.upper() if draw(st.booleans()) else c for c in word)
+
+
+# Labels as people type them: a known one in any case, padded; the importer lower-cases them.
+_KNOWN_LABELS = st.tuples(
+    st.sampled_from(["", " ", "\t"]),
+    st.sampled_from(PROMPT_LABELS).flatmap(_any_case),
+    st.sampled_from(["", " ", "  "]),
+).map("".join)
+# Mostly known or empty, so most files get past the label check; any other text refuses one.
+_LABEL_CELLS = st.one_of(_KNOWN_LABELS, _KNOWN_LABELS, st.just(""), _SOME_TEXT)
 
 
 def _one_in(n: int) -> st.SearchStrategy[bool]:
@@ -119,7 +139,7 @@ _JSON_VALUES = st.recursive(
 )
 _GOOD_RECORDS = st.fixed_dictionaries(
     {"prompt": _LINE_TEXT},
-    optional={"label": st.one_of(st.none(), _SOME_TEXT), "source": _JSON_VALUES},
+    optional={"label": st.one_of(st.none(), _LABEL_CELLS), "source": _JSON_VALUES},
 )
 _ODD_RECORDS = st.one_of(
     st.fixed_dictionaries(
@@ -180,10 +200,11 @@ def _csv_text(draw: st.DrawFn) -> str:
     """A CSV the csv module writes, rows mostly as wide as the header, sometimes not."""
     header = draw(_ODD_HEADERS if draw(_one_in(4)) else _USUAL_HEADERS)
     cell = st.one_of(_LINE_TEXT, _LINE_TEXT, _LINE_TEXT, st.just(""))
+    labels = {i for i, name in enumerate(header) if name.strip().lower() == "label"}
     rows = []
     for _ in range(draw(st.integers(1, 6))):
         width = draw(st.integers(0, 5)) if draw(_one_in(10)) else len(header)
-        rows.append(draw(st.lists(cell, min_size=width, max_size=width)))
+        rows.append([draw(_LABEL_CELLS if i in labels else cell) for i in range(width)])
     out = io.StringIO()
     quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL, csv.QUOTE_NONNUMERIC]))
     ending = draw(st.sampled_from(["\r\n", "\r\n", "\n", "\r"]))
@@ -264,7 +285,7 @@ def parses_cleanly_or_refuses(
         assert isinstance(row.text, str) and row.text and row.text == row.text.strip()
         assert len(row.text) <= max_chars and "\x00" not in row.text
         row.text.encode("utf-8")  # storable: no lone surrogates
-        assert row.label is None or (row.label and row.label == row.label.strip())
+        assert row.label in (None, *PROMPT_LABELS)
         json.dumps(row.meta, allow_nan=False).encode("utf-8")
     starts = [row.line for row in parsed.rows]
     assert starts == sorted(set(starts)), "rows come in file order, one per starting line"
@@ -357,7 +378,7 @@ def test_any_gold_file_imports_or_is_refused_with_a_message(lines: list[str], na
 _VALID_CHARS = st.characters(codec="utf-8", exclude_characters="\x00")
 _VALID_TEXT = st.text(_VALID_CHARS, min_size=1, max_size=40).filter(str.strip)
 _PROMPTS = st.lists(
-    st.tuples(_VALID_TEXT, st.one_of(st.none(), st.text(_VALID_CHARS, max_size=10))),
+    st.tuples(_VALID_TEXT, st.one_of(st.none(), st.just(""), _KNOWN_LABELS)),
     min_size=1,
     max_size=15,
 )
@@ -372,11 +393,11 @@ def _first_of_each(prompts: list[tuple[str, str | None]]) -> list[int]:
 
 
 def _expected(prompts: list[tuple[str, str | None]]) -> tuple[list[tuple[str, str | None]], int]:
-    """The documented normalisation: strip each prompt and label (an empty label is none), keep
-    the first of prompts equal after stripping, count the rest as duplicates."""
+    """The documented normalisation: strip each prompt and label, lower-case the label (an empty
+    one is none), keep the first of prompts equal after stripping, count the rest as duplicates."""
     kept: dict[str, str | None] = {}
     for text, label in prompts:
-        kept.setdefault(text.strip(), (label or "").strip() or None)
+        kept.setdefault(text.strip(), (label or "").strip().lower() or None)
     return list(kept.items()), len(prompts) - len(kept)
 
 
@@ -427,6 +448,47 @@ def test_csv_written_by_the_csv_module_round_trips(
     assert parsed is not None
     ids = [{"id": str(i)} if extra_column else {} for i in _first_of_each(prompts)]
     assert [row.meta for row in parsed.rows] == ids
+
+
+_UNKNOWN_LABELS = st.text(_VALID_CHARS, min_size=1, max_size=10).filter(
+    lambda t: t.strip() and t.strip().lower() not in PROMPT_LABELS
+)
+
+
+def _labelled_file(
+    extension: str, prompts: list[tuple[str, str | None]]
+) -> tuple[bytes, list[int]]:
+    """The file a correct exporter writes, and the line each prompt's row starts on."""
+    if extension == "jsonl":
+        lines = [json.dumps({"prompt": t, "label": lab}) for t, lab in prompts]
+        return "\n".join(lines).encode(), list(range(1, len(prompts) + 1))
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["prompt", "label"])
+    starts = []
+    for text, label in prompts:
+        starts.append(out.getvalue().count("\n") + 1)
+        writer.writerow([text, label or ""])
+    return out.getvalue().encode(), starts
+
+
+@PURE
+@given(
+    prompts=_PROMPTS,
+    unknown=_UNKNOWN_LABELS,
+    extension=st.sampled_from(["jsonl", "csv"]),
+    data=st.data(),
+)
+def test_an_unknown_label_anywhere_refuses_the_file_at_its_line(
+    prompts: list[tuple[str, str | None]], unknown: str, extension: str, data: st.DataObject
+) -> None:
+    at = data.draw(st.integers(0, len(prompts) - 1))
+    prompts[at] = (prompts[at][0], unknown)
+    raw, starts = _labelled_file(extension, prompts)
+    with pytest.raises(PromptImportError) as caught:
+        parse_prompt_file(f"p.{extension}", raw, 20_000)
+    assert caught.value.line == starts[at]
+    assert "unknown label" in str(caught.value)
 
 
 @PURE
@@ -655,13 +717,8 @@ def well_formed_files(draw: st.DrawFn) -> tuple[str, bytes]:
     but valid text too, not only refusals."""
     prompts = draw(_PROMPTS)
     extension = draw(st.sampled_from(EXTENSIONS))
-    if extension == "jsonl":
-        lines = [json.dumps({"prompt": t, "label": label}) for t, label in prompts]
-        return "p.jsonl", "\n".join(lines).encode()
-    if extension == "csv":
-        out = io.StringIO()
-        csv.writer(out).writerows([["prompt", "label"], *([t, lab or ""] for t, lab in prompts)])
-        return "p.csv", out.getvalue().encode()
+    if extension != "txt":
+        return f"p.{extension}", _labelled_file(extension, prompts)[0]
     return "p.txt", "\n".join(t for t, _ in prompts if "\n" not in t).encode()
 
 

@@ -224,6 +224,34 @@ def test_duplicates_do_not_count_towards_row_limit() -> None:
     assert texts(parse("p.txt", "a\na\na\nb\n", max_rows=2)) == ["a", "b"]
 
 
+# --- labels -------------------------------------------------------------------------------------
+
+
+def test_labels_in_any_case_are_stored_lower_cased() -> None:
+    data = jsonl({"prompt": "a", "label": "Open"}, {"prompt": "b", "label": " CLOSED\t"})
+    assert [row.label for row in parse("p.jsonl", data).rows] == ["open", "closed"]
+    parsed = parse("p.csv", "prompt,label\na,OPEN\nb, Closed \nc,\n")
+    assert [row.label for row in parsed.rows] == ["open", "closed", None]
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        ("p.jsonl", jsonl({"prompt": "a", "label": "open"}, {"prompt": "b", "label": "opne"})),
+        ("p.csv", "prompt,label\nb,opne\na,closed\n"),
+    ],
+)
+def test_an_unknown_label_refuses_the_file_with_its_line_and_the_allowed_values(
+    filename: str, data: str
+) -> None:
+    error = fails(filename, data)
+    assert error.line == 2
+    assert str(error) == (
+        "line 2: unknown label 'opne'; use 'open' or 'closed' (any case), "
+        "or leave it empty for no label"
+    )
+
+
 # --- .jsonl -------------------------------------------------------------------------------------
 
 

@@ -13,11 +13,18 @@ from store_helpers import corpus_comparisons, fresh_db, oracle_rankings
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.prompt_import import PROMPT_LABELS
 from rlhf_loop.reward.active import reprioritise, score_responses, selection_priority
 from rlhf_loop.reward.data import RankingExample, split_held_out
 from rlhf_loop.reward.job import retrain_due, run_train_reward
+from rlhf_loop.reward.losses import OPENNESS_LABELS
 from rlhf_loop.reward.model import load_backbone, load_reward_model, save_reward_model
-from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
+from rlhf_loop.reward.train import (
+    RewardTrainConfig,
+    _utilities,
+    evaluate,
+    train_reward_model,
+)
 from rlhf_loop.store import jobs
 from rlhf_loop.store.tasks import next_task
 from rlhf_loop.store.versions import latest_version
@@ -29,6 +36,18 @@ def job_context(db, tmp_path: Path, model_path: Path, **settings) -> JobContext:
     config = Settings(data_dir=str(tmp_path), device="cpu", reward_max_length=64, **settings)
     job = jobs.claim(db, "test", 30) if jobs.enqueue(db, "train_reward") else None
     return JobContext(db, config, job, Progress(), str(model_path))
+
+
+def test_stored_labels_in_any_case_pick_their_utility() -> None:
+    """Rows imported before the import lower-cased labels may say "Open"; they are not
+    unlabelled. An unknown label still trains as unlabelled (the log utility)."""
+    labels = ["Open", " CLOSED ", None, "other"]
+    batch = [RankingExample("p", ["a", "b"], [1, 2], label) for label in labels]
+    assert _utilities(batch)[0] == ["neg_power", "linear", "log", "log"]
+
+
+def test_the_import_accepts_exactly_the_labels_the_trainer_knows() -> None:
+    assert sorted(PROMPT_LABELS) == sorted(OPENNESS_LABELS)
 
 
 def test_learns_a_known_preference_from_rankings_with_ties(

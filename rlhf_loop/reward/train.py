@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.reward.data import RankingExample, collate
 from rlhf_loop.reward.losses import (
+    OPENNESS_LABELS,
     PerRankingLoss,
     openness_to_utility,
     pairwise_accuracy,
@@ -50,8 +51,12 @@ class TrainOutcome:
 
 
 def _utilities(batch: list[RankingExample]) -> tuple[list[str], list[float]]:
-    labels = [e.prompt_label if e.prompt_label in {"open", "closed"} else None for e in batch]
-    pairs = [openness_to_utility(label or UNLABELLED_OPENNESS) for label in labels]
+    # Lower-cased here too: rows imported before labels were normalised may say "Open".
+    labels = [(e.prompt_label or "").strip().lower() for e in batch]
+    pairs = [
+        openness_to_utility(label if label in OPENNESS_LABELS else UNLABELLED_OPENNESS)
+        for label in labels
+    ]
     return [k for k, _ in pairs], [g for _, g in pairs]
 
 
