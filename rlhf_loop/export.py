@@ -17,23 +17,22 @@ import sqlite_utils
 
 from rlhf_loop.ranking import strict_pairs
 from rlhf_loop.store.generations import comparison_generations
+from rlhf_loop.store.training_rankings import RANKED_ITEMS, TRAINS
 
-_LIVE_RANKINGS = """
+_TRAINING_RANKINGS = f"""
     SELECT r.id, r.comparison_id, r.ranks, r.seconds, r.created_at, a.name AS annotator,
            c.generation_ids, c.policy_version, p.text AS prompt, p.label
-    FROM rankings r
+    FROM {RANKED_ITEMS}
     JOIN annotators a ON a.id = r.annotator_id
-    JOIN comparisons c ON c.id = r.comparison_id
-    JOIN prompts p ON p.id = c.prompt_id
-    WHERE r.retracted_at IS NULL AND r.status = 'ranked'
-      AND c.gold_ranks IS NULL AND p.retired_at IS NULL
+    WHERE {TRAINS}
     ORDER BY r.id
 """
 
 
 def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
-    """One record per live ranking: the prompt, each response with its rank, who and how long."""
-    for row in db.query(_LIVE_RANKINGS):
+    """One record per ranking that trains (``store.training_rankings``): the prompt, each response
+    with its rank, who and how long."""
+    for row in db.query(_TRAINING_RANKINGS):
         generations = comparison_generations(db, row["generation_ids"])
         ranks = json.loads(row["ranks"])
         yield {

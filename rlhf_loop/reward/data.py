@@ -28,7 +28,8 @@ class RankingExample:
 
 
 def load_rankings(db: sqlite_utils.Database) -> list[RankingExample]:
-    """Every live ranking (undone, skipped and flagged answers are not training data)."""
+    """Every ranking that trains (``store.training_rankings``: no undone, skipped or flagged
+    answers, no gold items, no retired prompts)."""
     return [
         RankingExample(
             prompt=r["prompt"],

@@ -13,6 +13,7 @@ from rlhf_loop.reward.data import load_rankings, split_held_out
 from rlhf_loop.reward.model import load_backbone, resolve_backbone, save_reward_model
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
 from rlhf_loop.store import jobs
+from rlhf_loop.store.training_rankings import training_ranking_count
 from rlhf_loop.store.versions import latest_version, next_version, register_version
 
 KIND = "reward"
@@ -29,17 +30,17 @@ def train_config(settings: Settings) -> RewardTrainConfig:
     )
 
 
-def live_ranking_count(db: sqlite_utils.Database) -> int:
-    return db["rankings"].count_where("retracted_at IS NULL AND status = 'ranked'")
-
-
 def retrain_due(db: sqlite_utils.Database, settings: Settings) -> bool:
-    """The automatic policy: every ``reward_retrain_every`` rankings since the last version."""
+    """The automatic policy: every ``reward_retrain_every`` rankings since the last version.
+
+    Counted as training counts them (``rankings_used``): gold answers or rankings of a retired
+    prompt in the count would make every version look short of data and retrain without end.
+    """
     if settings.reward_retrain_every <= 0:
         return False
     latest = latest_version(db, KIND)
     used = latest["metrics"].get("rankings_used", 0) if latest else 0
-    return live_ranking_count(db) - used >= settings.reward_retrain_every
+    return training_ranking_count(db) - used >= settings.reward_retrain_every
 
 
 def run_train_reward(ctx: JobContext) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """Annotation quality from the store: the live rankings, gold orders and timings that
 ``rlhf_loop.agreement`` turns into agreement figures, joined per annotator for the operator.
 
-Only live rankings count: not retracted (an undo replaces a judgement, the redo is the live one)
-and of status 'ranked'. Skips carry no ranking; flags mean the item itself is suspect (e.g.
-unrankable responses), so their ranks, if any, say nothing about the annotator's consistency.
+Only live rankings count (``store.training_rankings``): not retracted, of status 'ranked'. Skips
+carry no ranking; flags mean the item itself is suspect (e.g. unrankable responses), so their
+ranks, if any, say nothing about the annotator's consistency.
 
-Agreement between annotators is measured on policy items, agreement with a known order on gold
-items: every annotator sees every gold item, so mixing them in would let the checks dominate the
-inter-annotator figures. Nothing here bans anyone; the report is for a person to read.
+Agreement between annotators is measured on the rankings that train (policy items of prompts in
+use: a retired prompt was judged broken, as suspect as a flagged item), agreement with a known
+order on gold items: every annotator sees every gold item, so mixing them in would let the
+checks dominate the inter-annotator figures. Nothing here bans anyone; the report is for a
+person to read.
 """
 
 from __future__ import annotations
@@ -26,23 +28,25 @@ from rlhf_loop.agreement import (
     seconds_summary,
     shared_items,
 )
-
-_LIVE = "r.retracted_at IS NULL AND r.status = 'ranked'"
+from rlhf_loop.store.training_rankings import LIVE_RANKING, RANKED_ITEMS, TRAINS
 
 
 def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judgement]:
     """Live rankings as (comparison_id, annotator name, dense ranks), in submission order.
 
-    ``gold``: True for gold items only, False for policy items only, None for both.
+    ``gold``: True for gold items only, False for the rankings that train, None for every live
+    ranking.
     """
-    where = _LIVE
-    if gold is not None:
-        where += f" AND c.gold_ranks IS {'NOT ' if gold else ''}NULL"
+    if gold is None:
+        where = LIVE_RANKING
+    elif gold:
+        where = f"{LIVE_RANKING} AND c.gold_ranks IS NOT NULL"
+    else:
+        where = TRAINS
     rows = db.execute(
         f"""
-        SELECT r.comparison_id, a.name, r.ranks FROM rankings r
+        SELECT r.comparison_id, a.name, r.ranks FROM {RANKED_ITEMS}
         JOIN annotators a ON a.id = r.annotator_id
-        JOIN comparisons c ON c.id = r.comparison_id
         WHERE {where}
         ORDER BY r.id
         """
@@ -68,7 +72,7 @@ def seconds_by_annotator(db: sqlite_utils.Database) -> dict[str, list[float]]:
     for name, value in db.execute(
         f"""
         SELECT a.name, r.seconds FROM rankings r JOIN annotators a ON a.id = r.annotator_id
-        WHERE {_LIVE} ORDER BY r.id
+        WHERE {LIVE_RANKING} ORDER BY r.id
         """
     ).fetchall():
         seconds[name].append(value)
@@ -133,9 +137,9 @@ def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 
 def overall(db: sqlite_utils.Database) -> dict[str, Any]:
-    """Agreement over all policy items: Krippendorff's alpha (ordinal; None while undefined),
-    the items it rests on (ranked by two or more annotators), and the annotators with a live
-    ranking of a policy item."""
+    """Agreement over the rankings that train: Krippendorff's alpha (ordinal; None while
+    undefined), the items it rests on (ranked by two or more annotators), and the annotators with
+    such a ranking."""
     live = judgements(db, gold=False)
     return {
         "alpha": overall_alpha(live),
