@@ -5,7 +5,7 @@ from collections.abc import Callable
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings
-from rlhf_loop.export import pair_records, ranking_records, to_jsonl
+from rlhf_loop.export import ExportShape, export_jsonl
 from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
@@ -67,10 +67,9 @@ st.caption(
 import_form("gold", "Gold file", ["jsonl"], store_gold)
 
 
-def _export(shape: str) -> str:
+def _export(shape: ExportShape) -> str:
     """Runs in Streamlit's download thread, so it opens its own connection."""
-    records = ranking_records(open_db(config.resolved_db_path))
-    return to_jsonl(pair_records(records) if shape == "pairs" else records)
+    return export_jsonl(open_db(config.resolved_db_path), shape)
 
 
 st.subheader("Export rankings")
@@ -90,4 +89,8 @@ pairs_col.download_button(
     mime="application/jsonl",
     icon=":material/download:",
 )
-pairs_col.caption("prompt, chosen, rejected per strictly ordered pair; ties give no pair.")
+pairs_col.caption(
+    "prompt, chosen, rejected per strictly ordered pair; ties give no pair. The prompt is the "
+    "raw text annotators saw, without the app's prompt template: TRL's RewardTrainer joins "
+    "prompt and response as they are, and applies a chat template only to conversational rows."
+)

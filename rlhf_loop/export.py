@@ -1,17 +1,27 @@
 """Exports of the rankings as JSONL: full rankings with ties, and strict pairs for TRL.
 
 The pairs file has exactly TRL's explicit-prompt preference columns (prompt, chosen, rejected),
-so ``load_dataset("json", data_files=...)`` feeds ``trl.RewardTrainer`` as it is. Ties yield no
-pair there (TRL has no tie), flagged and retracted answers are left out of both files. So are
-answers to gold items (they check annotators; the known order is the operator's, not theirs) and
-answers on prompts an operator retired.
+so ``load_dataset("json", data_files=...)`` feeds ``trl.RewardTrainer`` as it is
+(tests/test_export_trl.py trains on one). Ties yield no pair there (TRL has no tie), flagged and
+retracted answers are left out of both files. So are answers to gold items (they check
+annotators; the known order is the operator's, not theirs) and answers on prompts an operator
+retired.
+
+Both files carry the raw prompt as annotators saw it, not the text the app's own reward model
+reads (``reward.data.exchange_text``: the prompt in the policy's chat template, or in
+"Question: ...\\nAnswer:" for a tokenizer without one, then a space and the response). The raw
+text is what the ranking was about and fits any model, whereas a template belongs to one
+tokenizer. So TRL does not see the app's text: given these plain strings it concatenates prompt
+and response as they are (no separator) and appends EOS; it applies the tokenizer's chat
+template only to conversational rows (lists of role/content messages), which a user can build
+from these fields.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import sqlite_utils
 
@@ -63,5 +73,11 @@ def pair_records(rankings: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]
             }
 
 
-def to_jsonl(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+ExportShape = Literal["full", "pairs"]
+
+
+def export_jsonl(db: sqlite_utils.Database, shape: ExportShape) -> str:
+    """The Data page's download, here so a test loads exactly the file operators get."""
+    records = ranking_records(db)
+    chosen = pair_records(records) if shape == "pairs" else records
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
