@@ -191,7 +191,7 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     torch.manual_seed(SEED)
     policy = new_policy(cfg["model"], "cpu", settings.ppo_lora_r)
-    model, tokenizer, _ = load_reward_model(cfg["reward_model"], "cpu")
+    model, tokenizer, meta = load_reward_model(cfg["reward_model"], "cpu")
     state = Optimisation(
         torch.optim.AdamW(policy.trainable_parameters(), lr=settings.ppo_lr, weight_decay=0.0),
         FixedKL(settings.ppo_kl_coef),
@@ -207,7 +207,9 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         prompts = rng.sample(pool, settings.ppo_batch_prompts)
         batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
         t1 = time.perf_counter()
-        scores = score(model, tokenizer, batch.prompts, batch.texts, settings.reward_max_length)
+        scores = score(
+            model, tokenizer, meta, batch.prompts, batch.texts, settings.reward_max_length
+        )
         keep = usable(scores)
         if not keep.all():
             batch, scores = batch.select(keep), scores[keep]

@@ -42,6 +42,10 @@ class Settings:
     demo_pretrain_steps: int = 500
     # "auto" picks CUDA when available, else CPU; or name a torch device ("cpu", "cuda:1").
     device: str = "auto"
+    # Dtype of frozen weights: "auto" (bfloat16 on a GPU with bf16, else float32), "float32",
+    # "bfloat16" or "float16". Trained weights (adapters, heads, a fully trained reward
+    # backbone) and every loss stay float32.
+    dtype: str = "auto"
     # Responses per ranking task (2..9: one digit key per response).
     k: int = 4
     # Sampling parameters recorded with every generation.
@@ -146,6 +150,10 @@ class Settings:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (self.top_k >= 0, "top_k must be >= 0 (0 disables it)"),
             (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16", "float16"),
+                "dtype must be 'auto', 'float32', 'bfloat16' or 'float16'",
+            ),
             (self.sample_batch_prompts >= 1, "sample_batch_prompts must be >= 1"),
             (self.queue_depth >= 1, "queue_depth must be >= 1"),
             (self.overlap >= 1, "overlap must be >= 1"),

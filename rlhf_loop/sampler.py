@@ -97,8 +97,8 @@ class LivePolicy:
     changes it. The adapter is merged into the base for sampling: same outputs, no LoRA cost
     per token. A version whose files are gone keeps the previous model serving."""
 
-    def __init__(self, base_path: str, device: str) -> None:
-        self.base_path, self.device = base_path, device
+    def __init__(self, base_path: str, device: str, dtype: str = "auto") -> None:
+        self.base_path, self.device, self.dtype = base_path, device, dtype
         self.version: int | None = None
         self.unloadable: set[int] = set()  # tried once; not reloaded on every batch
         self.model: PreTrainedModel | None = None
@@ -117,7 +117,7 @@ class LivePolicy:
         from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
 
         try:
-            model, tokenizer = load_causal_lm(self.base_path, self.device)
+            model, tokenizer = load_causal_lm(self.base_path, self.device, self.dtype)
             if live["path"] is not None:
                 model = PeftModel.from_pretrained(model, live["path"]).merge_and_unload().eval()
         except (ModelLoadError, OSError, ValueError) as exc:

@@ -79,9 +79,7 @@ def oracle_score(
 def _run_job(db, settings: Settings, kind: str, run: Callable, policy_path: str) -> dict:
     jobs.enqueue(db, kind, {"reason": "simulated loop"})
     job = jobs.claim(db, "simulated-loop", settings.lease_timeout_s)
-    result = run(JobContext(db, settings, job, _Quiet(), policy_path))
-    jobs.finish(db, job.id, result)
-    return result
+    return run(JobContext(db, settings, job, _Quiet(), policy_path))  # ends the job as done
 
 
 def run_loop(
@@ -95,7 +93,7 @@ def run_loop(
 ) -> LoopCurve:
     """Rank -> reward model -> PPO, ``iterations`` times, on the prompts already in ``db``."""
     _, held_out = split_prompts(db, settings)
-    policy = LivePolicy(policy_path, settings.device)
+    policy = LivePolicy(policy_path, settings.device, settings.dtype)
     params = SamplingParams.from_settings(settings)
     curve = LoopCurve(
         oracle_scores=[oracle_score(policy, db, settings, annotator.oracle, held_out)]

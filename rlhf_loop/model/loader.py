@@ -15,6 +15,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils.peft_utils import find_adapter_config_file
 
 from rlhf_loop.config import Settings
 from rlhf_loop.model.demo_build import ProgressFn, ensure_demo_model, spec_from_settings
@@ -38,6 +39,27 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"unknown torch device {name!r}") from None
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """The dtype frozen weights are held and run in; trainable ones are always float32.
+
+    The policy: "auto" is bfloat16 on a GPU that does it natively (half the memory, the GPU's
+    fast path) and float32 elsewhere (CPUs are slow or inexact in half types). Whatever this
+    gives, LoRA adapters, the value head, the reward head and every loss stay float32: the
+    backbone's half-precision outputs are cast up where they enter them.
+    """
+    if name == "auto":
+        device = torch.device(device)
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}: use 'auto' or one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def resolve_model_path(settings: Settings, on_progress: ProgressFn | None = None) -> str:
     """What to hand to ``load_causal_lm``: "demo" becomes its cache dir, built on first use."""
     if settings.model != DEMO_MODEL:
@@ -47,7 +69,7 @@ def resolve_model_path(settings: Settings, on_progress: ProgressFn | None = None
 
 
 def load_causal_lm(
-    name_or_path: str, device: str = "auto"
+    name_or_path: str, device: str = "auto", dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Model in eval mode on ``device`` and a left-padding tokenizer, ready for batched generate.
 
@@ -57,13 +79,35 @@ def load_causal_lm(
     target = resolve_device(device)
     source = _local_or_hub(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_dtype_for(target))
+        model, tokenizer_source = _load_weights(source, resolve_dtype(dtype, target))
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         model.to(target)
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"cannot load model {name_or_path!r}: {exc}") from exc
     _prepare_padding(tokenizer, model, name_or_path)
     return model.eval(), tokenizer
+
+
+def _load_weights(source: str, dtype: torch.dtype) -> tuple[PreTrainedModel, str]:
+    """The model, and where its tokenizer is.
+
+    A model shipped as a PEFT adapter directory (its base named in ``adapter_config.json``) is
+    loaded with that adapter merged into the base: the merged weights are then the one frozen
+    base that the queue sampler serves, a new PPO adapter starts from and the KL reference is.
+    Left as an adapter named "default", PPO's own adapter would replace it and policy and
+    reference would fall back to the bare base while the sampler still served the shipped one.
+    """
+    if find_adapter_config_file(source) is None:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype), source
+    from peft import PeftConfig, PeftModel
+
+    base_name = PeftConfig.from_pretrained(source).base_model_name_or_path
+    if not base_name:
+        raise ModelLoadError(f"adapter {source!r} does not name its base model")
+    base = AutoModelForCausalLM.from_pretrained(_local_or_hub(base_name), dtype=dtype)
+    merged = PeftModel.from_pretrained(base, source).merge_and_unload()
+    has_tokenizer = Path(source, "tokenizer_config.json").is_file() or not Path(source).is_dir()
+    return merged, source if has_tokenizer else base_name
 
 
 def _local_or_hub(name_or_path: str) -> str:
@@ -75,13 +119,6 @@ def _local_or_hub(name_or_path: str) -> str:
     if name_or_path.startswith(("/", ".", "~")) or "\\" in name_or_path:
         raise ModelLoadError(f"cannot load model {name_or_path!r}: path {path} does not exist")
     return name_or_path
-
-
-def _dtype_for(device: torch.device) -> torch.dtype:
-    """bf16 halves memory on GPUs that do it natively; CPUs are slow or inexact in half types."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def _prepare_padding(

@@ -66,9 +66,11 @@ def _value_head(model: PeftModel, device: torch.device) -> torch.nn.Linear:
     return head.to(device)
 
 
-def new_policy(base_path: str, device: str, lora_r: int, ema_reference: bool = False) -> Policy:
-    """Base + a fresh adapter (which starts as the identity: LoRA's B is zero)."""
-    base, tokenizer = load_causal_lm(base_path, device)
+def new_policy(
+    base_path: str, device: str, lora_r: int, ema_reference: bool = False, dtype: str = "auto"
+) -> Policy:
+    """Base (in ``dtype``) + a fresh float32 adapter (the identity at first: LoRA's B is zero)."""
+    base, tokenizer = load_causal_lm(base_path, device, dtype)
     model = get_peft_model(base, _lora_config(lora_r))
     policy = Policy(model, _value_head(model, base.device), tokenizer, ema_reference)
     if ema_reference:
@@ -77,13 +79,18 @@ def new_policy(base_path: str, device: str, lora_r: int, ema_reference: bool = F
 
 
 def load_policy(
-    base_path: str, version_dir: str | Path, device: str, ema_reference: bool = False
+    base_path: str,
+    version_dir: str | Path,
+    device: str,
+    ema_reference: bool = False,
+    dtype: str = "auto",
 ) -> Policy:
-    """A saved version, trainable again (a round continues from the live policy)."""
+    """A saved version, trainable again (a round continues from the live policy); peft keeps
+    the adapter in float32 over a half-precision base."""
     version_dir = Path(version_dir)
     if not (version_dir / META_FILE).is_file():
         raise ModelLoadError(f"policy files are missing at {version_dir}")
-    base, tokenizer = load_causal_lm(base_path, device)
+    base, tokenizer = load_causal_lm(base_path, device, dtype)
     model = PeftModel.from_pretrained(base, version_dir, is_trainable=True)
     head = _value_head(model, base.device)
     head.load_state_dict(torch.load(version_dir / VALUE_HEAD_FILE, map_location=base.device))
@@ -126,10 +133,21 @@ def merged_model(base_path: str, version_dir: str | Path, out_dir: Path) -> Path
     return out_dir
 
 
+def _no_dropout(policy: Policy) -> None:
+    """PPO never trains with dropout: rollout, old and new log-probs, the reference and every
+    evaluation must see one distribution (with dropout 0.1 a fresh adapter's KL read -1.4)."""
+    if policy.model.training:
+        policy.model.eval()
+
+
 def forward(
     policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, with_values: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits (and values) at every position of query+response, under the policy's adapter."""
+    """Logits (and values) at every position of query+response, under the policy's adapter.
+
+    The value head reads the last hidden state in float32 (the backbone may run in bfloat16).
+    """
+    _no_dropout(policy)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = policy.model(
         input_ids=input_ids,
@@ -137,7 +155,11 @@ def forward(
         position_ids=position_ids,
         output_hidden_states=with_values,
     )
-    values = policy.value_head(out.hidden_states[-1]).squeeze(-1) if with_values else None
+    values = (
+        policy.value_head(out.hidden_states[-1].to(policy.value_head.weight.dtype)).squeeze(-1)
+        if with_values
+        else None
+    )
     return out.logits, values
 
 
@@ -146,6 +168,7 @@ def reference_logits(
     policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
     """Logits of the reference: the bare base, or the EMA adapter when that option is on."""
+    _no_dropout(policy)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if policy.ema_reference:
         policy.model.set_adapter(REFERENCE)

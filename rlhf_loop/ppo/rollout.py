@@ -25,6 +25,10 @@ class Rollout:
     response_mask: torch.Tensor  # 1 up to and including the end token
     eos_found: torch.Tensor  # [B] bool
     texts: list[str]
+    # [B, T] each token's log-probability under the distribution that drew it (truncation
+    # included), and that distribution's temperature: PPO's log-probs use the same temperature
+    sample_logprobs: torch.Tensor
+    temperature: float = 1.0
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -45,6 +49,8 @@ class Rollout:
             self.response_mask[rows],
             self.eos_found[rows],
             [self.texts[i] for i in rows],
+            self.sample_logprobs[rows],
+            self.temperature,
         )
 
     def response_slice(self, per_position: torch.Tensor) -> torch.Tensor:
@@ -73,8 +79,7 @@ def rollout(
         max_length=budget,
         add_special_tokens=False,
     ).to(policy.device)
-    was_training = policy.model.training
-    policy.model.eval()
+    policy.model.eval()  # no dropout: the rollout's distribution is the one PPO's ratio starts at
     tokens = sample_tokens(
         policy.model,
         query["input_ids"],
@@ -84,7 +89,6 @@ def rollout(
         pad_token_id=tokenizer.pad_token_id,
         generator=generator,
     )
-    policy.model.train(was_training)
     texts = [
         tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
         for ids, mask in zip(tokens.response_ids, tokens.response_mask, strict=True)
@@ -97,4 +101,6 @@ def rollout(
         tokens.response_mask,
         tokens.eos_found,
         texts,
+        tokens.logprobs,
+        1.0 if config.greedy else config.temperature,
     )

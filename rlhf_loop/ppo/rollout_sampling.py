@@ -32,7 +32,8 @@ _GPU_STOP_CHECK_EVERY = 8
 # 0 to 1/2 measured alike on the demo model, so a small share that amortises the copy.
 _CUT_MIN_SHARE = 0.125
 
-Picker = Callable[[torch.Tensor], torch.Tensor]
+# last-position logits [B, V] -> (token [B], its log-probability [B] where it was drawn)
+Picker = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class RolloutTokens:
     response_ids: torch.Tensor  # [B, T] long
     response_mask: torch.Tensor  # [B, T] long
     eos_found: torch.Tensor  # [B] bool
+    # [B, T] float32: each token's log-probability under the distribution it was drawn from
+    # (temperature, top-k, top-p applied); 0 on padding
+    logprobs: torch.Tensor
 
 
 def sample_tokens(
@@ -86,10 +90,10 @@ def sample_tokens(
     """
     eos_ids = _eos_ids(eos_token_id, input_ids.device)
     with torch.inference_mode():
-        tokens, produced = _decode(
+        tokens, logprobs, produced = _decode(
             model, input_ids, attention_mask, config, eos_ids, pad_token_id, generator
         )
-    return _trim(tokens[:, :produced], eos_ids, pad_token_id)
+    return _trim(tokens[:, :produced], logprobs[:, :produced], eos_ids, pad_token_id)
 
 
 def _eos_ids(eos_token_id: int | Sequence[int], device: torch.device) -> torch.Tensor:
@@ -106,8 +110,9 @@ def _decode(
     eos_ids: torch.Tensor,
     pad_token_id: int,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, int]:
-    """Tokens [B, max_new_tokens] (pad after each row's end) and how many steps were run."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Tokens [B, max_new_tokens] (pad after each row's end), their log-probabilities, and how
+    many steps were run."""
     batch, prompt_len = input_ids.shape
     steps = config.max_new_tokens
     device = input_ids.device
@@ -119,12 +124,15 @@ def _decode(
         use_cache=True,
         **_last_logits_only(model),
     )
-    live = _LiveRows.start(attention_mask, steps, out.past_key_values)
+    live = _LiveRows.start(attention_mask, steps, out.cache)
     tokens = torch.full((batch, steps), pad_token_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros((batch, steps), dtype=torch.float32, device=device)
     check_every = 1 if device.type == "cpu" else _GPU_STOP_CHECK_EVERY
     for t in range(steps):
-        new = pick(out.logits[:, -1]).masked_fill_(live.finished, pad_token_id)
+        new, logp = pick(out.logits[:, -1])
+        new = new.masked_fill_(live.finished, pad_token_id)
         tokens[live.rows, t] = new
+        logprobs[live.rows, t] = logp.masked_fill_(live.finished, 0.0)
         live.finished |= torch.isin(new, eos_ids)
         if t + 1 == steps:
             break
@@ -137,10 +145,10 @@ def _decode(
             input_ids=new[:, None],
             attention_mask=live.mask[:, : prompt_len + t + 1],
             position_ids=live.positions[:, t : t + 1],
-            past_key_values=live.cache,
+            cache=live.cache,
             use_cache=True,
         )
-    return tokens, t + 1
+    return tokens, logprobs, t + 1
 
 
 @dataclass
@@ -200,7 +208,9 @@ def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
     return {"logits_to_keep": 1} if accepts else {}
 
 
-def _trim(tokens: torch.Tensor, eos_ids: torch.Tensor, pad_token_id: int) -> RolloutTokens:
+def _trim(
+    tokens: torch.Tensor, logprobs: torch.Tensor, eos_ids: torch.Tensor, pad_token_id: int
+) -> RolloutTokens:
     """Cut to the longest response; the mask covers each row up to and including its first end
     token (counted so, it stays right when pad and eos are the same id)."""
     is_end = torch.isin(tokens, eos_ids)
@@ -208,17 +218,20 @@ def _trim(tokens: torch.Tensor, eos_ids: torch.Tensor, pad_token_id: int) -> Rol
     length = int(mask.sum(1).max())
     mask = mask[:, :length].contiguous()
     response = tokens[:, :length].masked_fill(mask == 0, pad_token_id)
-    return RolloutTokens(response, mask, is_end.any(1))
+    kept_logprobs = logprobs[:, :length].masked_fill(mask == 0, 0.0)
+    return RolloutTokens(response, mask, is_end.any(1), kept_logprobs)
 
 
 def token_picker(config: SampleConfig, generator: torch.Generator | None = None) -> Picker:
-    """The next token [B] from last-position logits [B, V], with the branches settled up front.
+    """The next token [B] from last-position logits [B, V], with its log-probability under the
+    distribution it was drawn from (the sampler's own, which PPO's first ratio must reproduce),
+    the branches settled up front.
 
     Same distribution as HF's warpers in their order: temperature, then top-k, then top-p on
-    what top-k kept, renormalised.
+    what top-k kept, renormalised. Greedy is a point mass: log-probability 0.
     """
     if config.greedy:
-        return lambda logits: logits.argmax(-1)
+        return lambda logits: (logits.argmax(-1), logits.new_zeros(logits.shape[0]).float())
     temperature = config.temperature
 
     def scaled(logits: torch.Tensor) -> torch.Tensor:
@@ -229,27 +242,48 @@ def token_picker(config: SampleConfig, generator: torch.Generator | None = None)
         return _top_k_picker(scaled, config.top_k, config.top_p, generator)
     if config.top_p < 1.0:
         return _top_p_picker(scaled, config.top_p, generator)
-    return lambda logits: draw(torch.softmax(scaled(logits), -1), generator)
 
-
-def _top_k_picker(
-    scaled: Picker, top_k: int, top_p: float, generator: torch.Generator | None
-) -> Picker:
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        values, index = scaled(logits).topk(min(top_k, logits.shape[-1]))  # sorted, descending
-        probs = torch.softmax(values, -1)
-        if top_p < 1.0:
-            probs = _nucleus(probs, top_p)
-        return index.gather(-1, draw(probs, generator)[:, None]).squeeze(-1)
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log_softmax(scaled(logits), -1)
+        token = draw(logp.exp(), generator)
+        return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
     return pick
 
 
-def _top_p_picker(scaled: Picker, top_p: float, generator: torch.Generator | None) -> Picker:
-    def pick(logits: torch.Tensor) -> torch.Tensor:
+def _drawn(
+    weights: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A token from candidate ``index`` [B, C] with unnormalised ``weights`` [B, C], and its
+    log-probability after renormalising over the candidates."""
+    choice = draw(weights, generator)[:, None]
+    logp = weights.gather(-1, choice).log() - weights.sum(-1, keepdim=True).log()
+    return index.gather(-1, choice).squeeze(-1), logp.squeeze(-1)
+
+
+def _top_k_picker(
+    scaled: Callable[[torch.Tensor], torch.Tensor],
+    top_k: int,
+    top_p: float,
+    generator: torch.Generator | None,
+) -> Picker:
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        values, index = scaled(logits).topk(min(top_k, logits.shape[-1]))  # sorted, descending
+        probs = torch.softmax(values, -1)
+        if top_p < 1.0:
+            probs = _nucleus(probs, top_p)
+        return _drawn(probs, index, generator)
+
+    return pick
+
+
+def _top_p_picker(
+    scaled: Callable[[torch.Tensor], torch.Tensor], top_p: float, generator: torch.Generator | None
+) -> Picker:
+    def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probs = torch.softmax(scaled(logits), -1)
         values, index = _nucleus_candidates(probs, top_p)
-        return index.gather(-1, draw(_nucleus(values, top_p), generator)[:, None]).squeeze(-1)
+        return _drawn(_nucleus(values, top_p), index, generator)
 
     return pick
 

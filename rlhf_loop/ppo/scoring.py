@@ -7,11 +7,13 @@ too many are unscorable stops with the reason instead of training on noise.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.reward.data import exchange_text
-from rlhf_loop.reward.model import flat_rewards
+from rlhf_loop.reward.model import flat_rewards, rewards_as_trained
 
 MAX_UNSCORABLE_SHARE = 0.5
 
@@ -24,12 +26,14 @@ class UnscorableBatch(RuntimeError):
 def score(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
+    meta: dict[str, Any],
     prompts: list[str],
     responses: list[str],
     max_length: int,
     batch_size: int = 32,
 ) -> torch.Tensor:
-    """One scalar per (prompt, response), on the CPU."""
+    """One reward per (prompt, response), on the CPU, on the scale the version's loss shaped
+    (``meta`` is the version's metadata, which says how it was trained)."""
     tokenizer.truncation_side = "left"
     scores = []
     for start in range(0, len(prompts), batch_size):
@@ -45,7 +49,7 @@ def score(
             texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
         )
         scores.append(flat_rewards(model, dict(inputs)).cpu())
-    return torch.cat(scores)
+    return rewards_as_trained(torch.cat(scores), meta)
 
 
 def usable(scores: torch.Tensor) -> torch.Tensor:

@@ -58,14 +58,27 @@ class Optimisation:
 
 
 def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
-    """Log-probs and values of the rollout under the policy as it was, and under the reference."""
+    """Log-probs and values of the rollout under the policy as it was, and under the reference.
+
+    Log-probs are taken at the rollout's sampling temperature (as TRL does), so the first ratio
+    is 1 and the KL compares the distributions the samples came from. Top-k / top-p truncation
+    is not applied: the updated policy's nucleus differs from the sampler's, and a token outside
+    it would get probability 0 and an undefined ratio (TRL and OpenRLHF make the same choice);
+    ``ppo_step`` reports the gap to the sampler's truncated log-probs.
+    """
     with torch.no_grad():
         logits, values = forward(policy, batch.input_ids, batch.attention_mask, with_values=True)
-        old_logp = logprobs_from_logits(batch.response_slice(logits), batch.response_ids)
+        old_logp = _response_logprobs(batch, logits)
         old_values = batch.response_slice(values)
         ref = reference_logits(policy, batch.input_ids, batch.attention_mask)
-        ref_logp = logprobs_from_logits(batch.response_slice(ref), batch.response_ids)
+        ref_logp = _response_logprobs(batch, ref)
     return old_logp, old_values, ref_logp
+
+
+def _response_logprobs(batch: Rollout, logits: torch.Tensor) -> torch.Tensor:
+    return logprobs_from_logits(
+        batch.response_slice(logits), batch.response_ids, temperature=batch.temperature
+    )
 
 
 def ppo_step(
@@ -73,7 +86,6 @@ def ppo_step(
 ) -> dict[str, float]:
     device = policy.device
     mask = batch.response_mask.to(device)
-    policy.model.eval()  # no dropout, for models that have it: rollout and update must agree
     # step 1: the rollout's log-probs and values before any update, and the reference's
     old_logp, old_values, ref_logp = old_outputs(policy, batch)
     # step 2: per-token KL to the reference, penalised in the reward at every token
@@ -111,7 +123,11 @@ def ppo_step(
             policy.adapter_parameters("default"),
             hyper.ema_reference,
         )
+    sampler_gap = masked_mean(batch.sample_logprobs.to(device) - old_logp, mask)
     local = {name: sum(v) / len(v) for name, v in stats.items()} | {
+        # log nucleus mass the truncation kept (0 untruncated): how far top-k/top-p sampling
+        # sits from the distribution PPO optimises
+        "sampler_logp_gap": sampler_gap.item(),
         "reward": scores.mean().item(),
         "response_length": mask.sum(-1).float().mean().item(),
         "ended": batch.eos_found.float().mean().item(),
@@ -135,7 +151,9 @@ def _update(
         policy, batch.input_ids[idx], batch.attention_mask[idx], with_values=True
     )
     response_logits = batch.response_slice(logits)
-    new_logp = logprobs_from_logits(response_logits, batch.response_ids[idx])
+    new_logp = logprobs_from_logits(
+        response_logits, batch.response_ids[idx], temperature=batch.temperature
+    )
     new_values = batch.response_slice(values)
     pg_loss, pg_stats = policy_loss(new_logp, old_logp[idx], advantages[idx], mask, hyper.clip)
     vf_loss, vf_stats = value_loss(
@@ -149,7 +167,9 @@ def _update(
     torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
     state.optimiser.step()
     with torch.no_grad():
-        entropy = masked_mean(entropy_from_logits(response_logits.detach()), mask)
+        entropy = masked_mean(
+            entropy_from_logits(response_logits.detach(), temperature=batch.temperature), mask
+        )
     return {
         "policy_loss": pg_loss.item(),
         "value_loss": vf_loss.item(),

