@@ -10,20 +10,25 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import LoraConfig, get_peft_model
 from store_helpers import fresh_db
 from transformers import AutoModelForCausalLM
 
-from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
 from rlhf_loop.ppo.export import adapter_zip, merged_zip
-from rlhf_loop.ppo.math import ema_update
+from rlhf_loop.ppo.math import ema_update, logprobs_from_logits
 from rlhf_loop.ppo.policy import (
     REFERENCE,
+    Policy,
     forward,
     load_policy,
     new_policy,
     reference_logits,
     save_policy,
 )
+from rlhf_loop.ppo.rollout import rollout
+from rlhf_loop.ppo.rollout_sampling import SampleConfig
+from rlhf_loop.ppo.step import old_outputs
 from rlhf_loop.sampler import LivePolicy
 from rlhf_loop.store.versions import live_policy, register_version, set_live_policy
 
@@ -130,3 +135,91 @@ def test_missing_files_refuse_load_rollback_and_keep_the_sampler_serving(
     fresh = LivePolicy(str(demo_model_path), "cpu")
     with pytest.raises((ModelLoadError, OSError, ValueError)):
         fresh.current(live_policy(db, "demo"))  # nothing loaded yet: the error is the answer
+
+
+def test_old_logprobs_at_the_sampling_temperature_are_the_samplers_own(
+    demo_model_path: Path,
+) -> None:
+    """PPO's first ratio is 1 only if its log-probs come from the distribution that sampled."""
+    torch.manual_seed(0)
+    policy = new_policy(str(demo_model_path), "cpu", lora_r=4)
+    _nudge(policy)
+    prompts = ["What is 2 + 3?", "Tell me about cats.", "What colour is the sky?"]
+    config = SampleConfig(max_new_tokens=12, temperature=0.5)
+    batch = rollout(policy, prompts, 2, config, torch.Generator().manual_seed(1))
+    old_logp, _, ref_logp = old_outputs(policy, batch)
+    mask = batch.response_mask.bool()
+    assert batch.temperature == 0.5
+    assert torch.allclose(old_logp[mask], batch.sample_logprobs[mask], atol=1e-4)
+    at_t1 = logprobs_from_logits(
+        batch.response_slice(
+            forward(policy, batch.input_ids, batch.attention_mask, with_values=False)[0]
+        ),
+        batch.response_ids,
+    )
+    assert not torch.allclose(at_t1[mask], batch.sample_logprobs[mask], atol=1e-2)
+    assert not torch.allclose(ref_logp[mask], old_logp[mask], atol=1e-3)  # the nudged adapter
+
+
+def test_truncated_sampling_reports_its_gap_to_the_optimised_distribution(
+    demo_model_path: Path,
+) -> None:
+    """With top-p the sampler's own log-probs exceed the untruncated ones PPO uses."""
+    torch.manual_seed(0)
+    policy = new_policy(str(demo_model_path), "cpu", lora_r=4)
+    config = SampleConfig(max_new_tokens=12, temperature=1.0, top_p=0.5)
+    batch = rollout(policy, ["Tell me about cats."], 4, config, torch.Generator().manual_seed(2))
+    old_logp, _, _ = old_outputs(policy, batch)
+    mask = batch.response_mask.bool()
+    assert (batch.sample_logprobs[mask] >= old_logp[mask] - 1e-5).all()
+    assert (batch.sample_logprobs[mask] - old_logp[mask]).max() > 0.1
+
+
+def test_no_dropout_in_rollouts_or_evaluations(tmp_path: Path, demo_model_path: Path) -> None:
+    """A model with dropout, left in training mode: a fresh adapter still has KL 0 to the
+    reference and scores the same twice (on main the "before" KL read -1.4)."""
+    model, tokenizer = load_causal_lm(str(demo_model_path), "cpu")
+    model.config.update({"resid_pdrop": 0.1, "embd_pdrop": 0.1, "attn_pdrop": 0.1})
+    model.save_pretrained(tmp_path / "dropout")
+    tokenizer.save_pretrained(tmp_path / "dropout")
+    policy = new_policy(str(tmp_path / "dropout"), "cpu", lora_r=4)
+    policy.model.train()
+    prompts = ["What is 2 + 3?", "Tell me about cats."]
+    batch = rollout(policy, prompts, 2, SampleConfig(12), torch.Generator().manual_seed(0))
+    policy.model.train()
+    old_logp, _, ref_logp = old_outputs(policy, batch)
+    assert torch.equal(old_logp, ref_logp)
+    policy.model.train()
+    again, _, _ = old_outputs(policy, batch)
+    assert torch.equal(again, old_logp)
+
+
+def test_a_base_shipped_as_a_peft_adapter_stays_part_of_the_frozen_base(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    """Sampler, policy start and KL reference all serve base + the shipped adapter."""
+    base, tokenizer = load_causal_lm(str(demo_model_path), "cpu")
+    shipped = get_peft_model(base, LoraConfig(r=4, target_modules=["c_attn"]))
+    with torch.no_grad():
+        for name, param in shipped.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5, generator=torch.Generator().manual_seed(3))
+    shipped.save_pretrained(tmp_path / "shipped")
+    tokenizer.save_pretrained(tmp_path / "shipped")
+    ids, mask = _batch(
+        Policy(shipped, torch.nn.Linear(1, 1), tokenizer), ["Question: What is 2 + 2?\nAnswer:"]
+    )
+    with torch.no_grad():
+        expected = shipped.eval()(input_ids=ids, attention_mask=mask).logits
+        with shipped.disable_adapter():
+            bare = shipped(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(expected, bare, atol=1e-3)
+
+    name = str(tmp_path / "shipped")
+    sampler_model, _, _ = LivePolicy(name, "cpu").current({"version": 0, "path": None})
+    policy = new_policy(name, "cpu", lora_r=4)
+    with torch.no_grad():
+        served = sampler_model(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(served, expected, atol=1e-4)
+    assert torch.allclose(forward(policy, ids, mask, with_values=False)[0], expected, atol=1e-4)
+    assert torch.allclose(reference_logits(policy, ids, mask), expected, atol=1e-4)

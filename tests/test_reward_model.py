@@ -13,6 +13,7 @@ from store_helpers import corpus_comparisons, fresh_db, oracle_rankings
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
+from rlhf_loop.ppo.scoring import score
 from rlhf_loop.prompt_import import PROMPT_LABELS
 from rlhf_loop.reward.active import reprioritise, score_responses, selection_priority
 from rlhf_loop.reward.data import RankingExample, split_held_out
@@ -151,3 +152,22 @@ def test_active_selection_puts_uncertain_items_first(tmp_path: Path, demo_model_
     ada = db["annotators"].insert({"name": "ada", "role": "annotator", "created_at": 0}).last_pk
     served = next_task(db, ada, 1, 600)
     assert served.comparison_id == max(priorities, key=priorities.get)
+
+
+def test_ppo_scores_a_prompt_aware_model_on_the_scale_its_loss_shaped(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    """The prompt-aware loss acts on sigmoid(score); PPO must read that, not the raw logit."""
+    model, tokenizer = load_backbone(str(demo_model_path), "cpu")
+    with torch.no_grad():
+        model.score.weight.mul_(50)  # raw scores far outside (0, 1)
+    prompts, texts = ["What is 1 + 1?"] * 2, ["Two.", "It is two, I think."]
+    for prompt_aware in (True, False):
+        meta = {"config": {"prompt_aware": prompt_aware}}
+        path = save_reward_model(model, tokenizer, meta, tmp_path / f"v{int(prompt_aware)}")
+        loaded, loaded_tokenizer, loaded_meta = load_reward_model(path, "cpu")
+        raw = torch.tensor(score_responses(loaded, loaded_tokenizer, prompts[0], texts, 64))
+        got = score(loaded, loaded_tokenizer, loaded_meta, prompts, texts, 64)
+        assert raw.abs().max() > 1  # so the two scales cannot agree by chance
+        expected = torch.sigmoid(raw) if prompt_aware else raw
+        assert torch.allclose(got, expected, atol=1e-5)

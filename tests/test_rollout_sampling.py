@@ -277,3 +277,58 @@ def test_config_rejects_settings_that_cannot_sample(kwargs: dict) -> None:
 
 def test_greedy_ignores_temperature() -> None:
     assert SampleConfig(4, temperature=0.0, greedy=True).greedy
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SampleConfig(10, temperature=0.5),
+        SampleConfig(10, temperature=0.7, top_k=20),
+        SampleConfig(10, temperature=1.3, top_p=0.8),
+    ],
+    ids=["t0.5", "top-k", "top-p"],
+)
+def test_logprobs_are_those_of_the_distribution_that_drew_each_token(
+    demo, config: SampleConfig
+) -> None:
+    """Each token's log-probability under HF's warped, renormalised softmax at its step."""
+    model, tok = demo
+    batch = encode(tok, PROMPTS[:3])
+    out = ours(model, batch, config, tok.eos_token_id, tok.pad_token_id, seed=4)
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(config.temperature)])
+    if config.top_k:
+        warpers.append(TopKLogitsWarper(config.top_k))
+    if config.top_p < 1:
+        warpers.append(TopPLogitsWarper(config.top_p))
+    ids = torch.cat([batch["input_ids"], out.response_ids], 1)
+    mask = torch.cat([batch["attention_mask"], out.response_mask], 1)
+    with torch.inference_mode():
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits
+    start = batch["input_ids"].shape[1] - 1
+    for t in range(out.response_ids.shape[1]):
+        warped = warpers(ids[:, : start + t + 1], logits[:, start + t].float())
+        expected = torch.log_softmax(warped, -1).gather(-1, out.response_ids[:, t, None])[:, 0]
+        live = out.response_mask[:, t].bool()
+        assert torch.allclose(out.logprobs[live, t], expected[live], atol=1e-4)
+        assert (out.logprobs[~live, t] == 0).all()
+
+
+def test_decoding_passes_the_cache_under_its_current_name(demo) -> None:
+    """transformers 5.24 renamed ``past_key_values`` to ``cache``; 5.40 drops the old name."""
+    model, tok = demo
+
+    class OnlyCurrentNames(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, **kwargs):
+            assert "past_key_values" not in kwargs, "the removed argument name was used"
+            return self.inner(**kwargs)
+
+    batch = encode(tok, PROMPTS[:2])
+    wrapped = ours(OnlyCurrentNames(), batch, SampleConfig(8, greedy=True), tok.eos_token_id, 0)
+    direct = ours(model, batch, SampleConfig(8, greedy=True), tok.eos_token_id, 0)
+    assert torch.equal(wrapped.response_ids, direct.response_ids)
