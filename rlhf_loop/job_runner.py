@@ -1,21 +1,25 @@
 """Running one claimed job inside the worker: dispatch by kind, progress, and failure capture.
 
 A job that raises is marked failed with a one-line reason for the Training page (the traceback
-goes to the worker log); the worker itself keeps serving.
+goes to the worker log); the worker itself keeps serving. A job that registers something ends
+in the same transaction (``JobContext.finishing``), so a retry never registers it twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlite_utils
 
 from rlhf_loop.config import Settings
+from rlhf_loop.faults import fault_point
 from rlhf_loop.store import jobs
+from rlhf_loop.store.db import write_txn
 
 # Job kind -> "module:function"; imported when first run, so the worker starts light.
 HANDLERS = {
@@ -39,6 +43,7 @@ class JobContext:
     job: jobs.Job
     reporter: Reporter
     policy_path: str
+    finished: bool = False  # the job's row says done: ``finishing`` closed it
 
     def progress(self, fraction: float, message: str) -> None:
         """Shown live on the Training page; the heartbeat thread writes it."""
@@ -46,6 +51,20 @@ class JobContext:
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         jobs.record_metrics(self.db, self.job.id, step, values)
+
+    @contextlib.contextmanager
+    def finishing(self, result: dict[str, Any]) -> Iterator[None]:
+        """One transaction for what the job registers (a model version, a follow-up job) and its
+        end as done with ``result``. Killed before the commit, nothing is registered and the job
+        is retried; after it, the job is done and never runs again. In two transactions, a worker
+        killed between them would leave a registered version under a job still running, and the
+        retry would register a second one (a second, unasked PPO round on top of the first)."""
+        fault_point("before_finish")
+        with write_txn(self.db):
+            yield
+            jobs.finish(self.db, self.job.id, result)
+        self.finished = True
+        fault_point("after_finish")
 
 
 def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
@@ -78,5 +97,6 @@ def run_job(context: JobContext) -> bool:
         traceback.print_exc()
         jobs.fail(context.db, job.id, f"{type(exc).__name__}: {exc}")
         return False
-    jobs.finish(context.db, job.id, result)
+    if not context.finished:  # a job that registered nothing ends here
+        jobs.finish(context.db, job.id, result)
     return True

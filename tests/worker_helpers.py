@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,10 @@ from conftest import TEST_PRETRAIN_STEPS
 
 from rlhf_loop.config import Settings
 from rlhf_loop.worker_launch import settings_env
+
+REPO = Path(__file__).resolve().parent.parent
+# A worker that exits once idle for a second: it runs the queued jobs, then stops.
+WORKER = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
 
 
 def worker_env(tmp_path: Path, model_path: Path, **overrides) -> dict[str, str]:

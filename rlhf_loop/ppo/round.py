@@ -191,7 +191,8 @@ def _publish(
     before: dict[str, Any],
     after: dict[str, Any],
 ) -> dict[str, Any]:
-    """Save the adapter as the next version and make it live, in that order."""
+    """Save the adapter as the next version, then make it live and end the job as done in one
+    transaction."""
     settings, db = ctx.settings, ctx.db
     version = next_version(db, KIND)
     metrics = {
@@ -215,5 +216,7 @@ def _publish(
             "samples_after": after["samples"],
         },
     )
-    register_version(db, KIND, version, path, settings.model, metrics, live["id"], live=True)
-    return {"version": version, **metrics}
+    result = {"version": version, **metrics}
+    with ctx.finishing(result):
+        register_version(db, KIND, version, path, settings.model, metrics, live["id"], live=True)
+    return result

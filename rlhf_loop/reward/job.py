@@ -82,7 +82,9 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         {"backbone": backbone, "config": dataclasses.asdict(config), "metrics": metrics},
         settings.runs_dir / KIND / f"v{version}",
     )
-    register_version(ctx.db, KIND, version, path, backbone, metrics)
-    if settings.ppo_after_reward:
-        jobs.enqueue(ctx.db, "ppo_round", {"reason": f"after reward model v{version}"})
-    return {"version": version, **metrics}
+    result = {"version": version, **metrics}
+    with ctx.finishing(result):
+        register_version(ctx.db, KIND, version, path, backbone, metrics)
+        if settings.ppo_after_reward:
+            jobs.enqueue(ctx.db, "ppo_round", {"reason": f"after reward model v{version}"})
+    return result
