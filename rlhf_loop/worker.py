@@ -4,6 +4,12 @@ It keeps the ranking queue full so the Rank page never waits on a model: wheneve
 ``queue_depth`` slots are free it samples another batch from the live policy. A heartbeat
 thread keeps the lease fresh during long model calls and carries the status line (and the
 first-start build progress) that the pages show.
+
+A worker the app started stops when that app has exited (``parent_watch``): between jobs at
+once, during a job at its next progress report, putting the job back in the queue (jobs are
+safe to abandon: nothing half-written is registered) and releasing the lease. Stopping there
+rather than finishing the job keeps a PPO round from running on for minutes with no app to see
+it; the next worker runs the job afresh. A worker started by hand has no parent to watch.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from rlhf_loop import parent_watch
 from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs, leases
 from rlhf_loop.store.db import open_db
@@ -25,6 +32,11 @@ LEASE = "worker"
 FAILED_EVENT = "worker_failed"
 TOKEN_ENV = "RLHF_LOOP_WORKER_TOKEN"
 IDLE_POLL_S = 0.5
+
+
+class AppExited(BaseException):
+    """Raised where the worker may stop safely once the app that started it is gone. A
+    BaseException, so a job's ``except Exception`` does not record it as the job failing."""
 
 
 @dataclass
@@ -37,9 +49,17 @@ class Heartbeat:
     progress: float | None = None
     lost: threading.Event = field(default_factory=threading.Event)
     stopped: threading.Event = field(default_factory=threading.Event)
+    parent: str | None = None  # parent_watch identity of the app that started this worker
+    orphaned: threading.Event = field(default_factory=threading.Event)
 
     def report(self, status: str, progress: float | None = None) -> None:
+        self.stop_if_orphaned()
         self.status, self.progress = status, progress
+
+    def stop_if_orphaned(self) -> None:
+        """Called between jobs and by every progress report: the points where stopping is safe."""
+        if self.orphaned.is_set():
+            raise AppExited("the app that started this worker has exited")
 
     job_id: int | None = None  # the running job, whose row carries the same heartbeat
 
@@ -47,6 +67,8 @@ class Heartbeat:
         db = open_db(self.settings.resolved_db_path)
         interval = min(1.0, self.settings.lease_timeout_s / 5)
         while not self.stopped.wait(interval):
+            if self.parent is not None and not parent_watch.is_running(self.parent):
+                self.orphaned.set()
             if not leases.heartbeat(db, LEASE, self.holder, self.status, self.progress):
                 self.lost.set()
                 return
@@ -65,10 +87,12 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
     if not leases.acquire(db, LEASE, holder, os.getpid(), settings.lease_timeout_s):
         print("another worker holds the lease; exiting", flush=True)
         return 0
-    beat = Heartbeat(settings, holder)
+    beat = Heartbeat(settings, holder, parent=os.environ.get(parent_watch.PARENT_ENV))
     threading.Thread(target=beat.run, daemon=True, name="heartbeat").start()
     try:
         _serve(db, settings, beat, idle_exit_s)
+    except AppExited as stop:
+        print(f"{stop}; exiting", flush=True)
     except Exception as exc:
         log_event(db, FAILED_EVENT, error=f"{type(exc).__name__}: {exc}")
         raise
@@ -102,6 +126,7 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     selector = _selector(settings)
     idle_since = time.monotonic()
     while not beat.lost.is_set():
+        beat.stop_if_orphaned()
         if _run_one_job(db, settings, beat, path) or _top_up_queue(
             db, settings, beat, policy, params
         ):
@@ -137,6 +162,9 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
     beat.report(f"job {job.id}: {job.kind} (attempt {job.attempts})", 0.0)
     try:
         run_job(JobContext(db, settings, job, beat, policy_path))
+    except AppExited:
+        jobs.requeue(db, job.id, beat.holder)
+        raise
     finally:
         beat.job_id = None
     return True

@@ -2,7 +2,8 @@
 
 The app claims the lease itself, under a fresh token, before it spawns the process, and hands
 the token over: so two pages opened at once start one worker, not two, and the page does not
-start another while the first is still importing torch.
+start another while the first is still importing torch. It hands over its own identity too,
+so the worker stops once the app has exited (``rlhf_loop.parent_watch``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from rlhf_loop import parent_watch
 from rlhf_loop.config import ENV_PREFIX, Settings
 from rlhf_loop.store import leases
 from rlhf_loop.store.db import now
@@ -53,7 +55,8 @@ def ensure_worker(db: sqlite_utils.Database, settings: Settings) -> int | None:
         return None
     log_path = settings.resolved_data_dir / "worker.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = os.environ | settings_env(settings) | {TOKEN_ENV: token}
+    env = os.environ | settings_env(settings)
+    env |= {TOKEN_ENV: token, parent_watch.PARENT_ENV: parent_watch.identity(os.getpid())}
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "rlhf_loop", "worker"],
@@ -61,7 +64,9 @@ def ensure_worker(db: sqlite_utils.Database, settings: Settings) -> int | None:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives a Streamlit restart; the lease says who runs
+            # Its own session: Ctrl-C on `streamlit run` does not interrupt it mid-save; it
+            # notices the app has gone and stops at a safe point instead.
+            start_new_session=True,
             cwd=Path.cwd(),
         )
     return process.pid

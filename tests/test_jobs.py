@@ -34,3 +34,22 @@ def test_a_dead_workers_job_is_retried_then_failed(tmp_path: Path) -> None:
     assert jobs.claim(db, "worker-3", stale_after_s=30, max_attempts=2) is None
     row = db["jobs"].get(job_id)
     assert row["status"] == "failed" and "died during all 2 attempts" in row["error"]
+
+
+def test_a_job_abandoned_on_purpose_is_queued_again_without_counting_the_attempt(
+    tmp_path: Path,
+) -> None:
+    db = fresh_db(tmp_path)
+    job_id = jobs.enqueue(db, "train_reward")
+    jobs.claim(db, "worker-a", stale_after_s=30)
+    jobs.record_metrics(db, job_id, 1, {"loss": 0.7})
+    assert not jobs.requeue(db, job_id, "worker-b")  # not b's job
+    assert jobs.requeue(db, job_id, "worker-a")
+    row = db["jobs"].get(job_id)
+    assert (row["status"], row["attempts"], row["claimed_by"]) == ("queued", 0, None)
+    assert jobs.job_metrics(db, job_id) == []  # the abandoned attempt's curve is gone
+    job = jobs.claim(db, "worker-b", stale_after_s=30, max_attempts=1)
+    assert job is not None and job.id == job_id and job.attempts == 1
+    jobs.finish(db, job_id, {})
+    assert not jobs.requeue(db, job_id, "worker-b")  # finished first: stays done
+    assert db["jobs"].get(job_id)["status"] == "done"

@@ -128,6 +128,33 @@ def beat(
     return True
 
 
+def requeue(db: sqlite_utils.Database, job_id: int, holder: str) -> bool:
+    """Put a running job back in the queue as if never claimed: its worker stops on purpose
+    (the app that started it exited) and the next worker runs it afresh. Not a failed attempt,
+    so the attempt is not counted, and the partial attempt's curves go. False if the job is
+    no longer running under ``holder`` (it finished first)."""
+    mine = "id = ? AND claimed_by = ? AND status = 'running'"
+    with write_txn(db):
+        row = next(iter(db["jobs"].rows_where(mine, [job_id, holder], limit=1)), None)
+        if row is None:
+            return False
+        db["jobs"].update(
+            job_id,
+            {
+                "status": "queued",
+                "attempts": row["attempts"] - 1,
+                "claimed_by": None,
+                "started_at": None,
+                "heartbeat_at": None,
+                "progress": None,
+                "message": "back in the queue: its worker stopped",
+            },
+        )
+        db["job_metrics"].delete_where("job_id = ?", [job_id])
+        log_event(db, "job_requeued", job_id=job_id, holder=holder)
+    return True
+
+
 def record_metrics(
     db: sqlite_utils.Database, job_id: int, step: int, metrics: dict[str, float]
 ) -> None:
