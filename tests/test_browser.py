@@ -75,7 +75,6 @@ class StreamlitApp:
         port = self.url.rsplit(":", 1)[1]
         command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
         command += ["--server.address", "127.0.0.1", "--server.port", port]
-        command += ["--browser.gatherUsageStats", "false"]
         self.log = self.db_path.parent / "streamlit.log"
         with self.log.open("a") as log:
             self.process = subprocess.Popen(

@@ -1,5 +1,8 @@
 """Settings: defaults, the TOML file, environment overrides and clear errors."""
 
+import os
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -51,3 +54,18 @@ def test_bad_settings_name_the_setting(
 def test_a_named_config_file_must_exist(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(environ={"RLHF_LOOP_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_streamlit_sends_no_usage_statistics_and_shows_no_developer_toolbar() -> None:
+    """Read the way ``streamlit run app.py`` reads it (Streamlit's own config loader, from the
+    repository), in a fresh process: Streamlit's options are process-wide."""
+    read = (
+        "from streamlit import config; config.get_config_options(force_reparse=True); "
+        "print(config.get_option('browser.gatherUsageStats'), "
+        "config.get_option('client.toolbarMode'))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
+    result = subprocess.run(
+        [sys.executable, "-c", read], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.stdout.split() == ["False", "viewer"], result.stderr
