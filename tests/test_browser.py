@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import make_comparisons
+from worker_helpers import wait_for
 
 from rlhf_loop.store import leases
 from rlhf_loop.store.db import open_db
@@ -90,9 +91,10 @@ class StreamlitApp:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=20)
-        holder = leases.live_holder(open_db(self.db_path), LEASE, 60)
-        if holder:
-            os.kill(holder["pid"], signal.SIGTERM)  # the worker outlives the app by design
+        # The worker the app started stops by itself once the app has exited, and frees its
+        # lease (which would otherwise stay fresh for as long as the worker ran on).
+        db = open_db(self.db_path)
+        wait_for(lambda: leases.live_holder(db, LEASE, 60) is None, 60, "the worker to stop")
 
 
 @pytest.fixture
