@@ -12,6 +12,7 @@ from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.job_runner import JobError
 from rlhf_loop.ppo import round as ppo_round
+from rlhf_loop.ppo.policy import REFERENCE, Policy
 from rlhf_loop.reward.job import run_train_reward
 from rlhf_loop.sampler import LivePolicy
 from rlhf_loop.store import jobs
@@ -102,12 +103,27 @@ def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
 
 
 def test_round_with_an_ema_reference_trains_and_moves_the_reference(
-    trained, tmp_path: Path, demo_model_path: Path
+    trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    loaded: list[tuple[Policy, list[torch.Tensor]]] = []
+    load = ppo_round._load_policy
+
+    def keep(*args):
+        policy = load(*args)
+        loaded.append((policy, [p.detach().clone() for p in policy.adapter_parameters(REFERENCE)]))
+        return policy
+
+    monkeypatch.setattr(ppo_round, "_load_policy", keep)
     ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round", ppo_ema_reference=0.9)
     result = ppo_round.run_ppo_round(ctx)
     assert result["kl_after"] is not None
     assert live_policy(trained, "demo")["version"] == result["version"]
+    ((policy, before),) = loaded
+    after = policy.adapter_parameters(REFERENCE)
+    trained_adapter = policy.adapter_parameters("default")
+    assert before and any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    # It trails the trained adapter: moved towards it, not copied.
+    assert any(not torch.equal(a, t) for a, t in zip(after, trained_adapter, strict=True))
 
 
 def test_a_retrain_queues_a_ppo_round_when_asked(tmp_path: Path, demo_model_path: Path) -> None:
