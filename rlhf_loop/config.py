@@ -97,7 +97,8 @@ class Settings:
     # Serve first the items the reward model is least sure about.
     active_selection: bool = True
 
-    # PPO round: rollout batches ("steps") per round, prompts per batch, samples per prompt.
+    # PPO round: rollout batches ("steps") per round, prompts per batch, samples per prompt. A
+    # batch is for the whole round: on N processes each rolls out its share (16 over 3: 6, 5, 5).
     ppo_steps: int = 8
     ppo_batch_prompts: int = 16
     ppo_samples_per_prompt: int = 2

@@ -74,11 +74,14 @@ def _handler(kind: str) -> Callable[[JobContext], dict[str, Any]]:
     return getattr(importlib.import_module(module), name)
 
 
-def run_job(context: JobContext) -> bool:
-    """Run the job to done or failed; True when it succeeded."""
+def run_job(
+    context: JobContext, handler: Callable[[JobContext], dict[str, Any]] | None = None
+) -> bool:
+    """Run the job to done or failed; True when it succeeded. ``handler`` stands in for the
+    kind's own (the command line's PPO round, bound to its processes), with the same failures."""
     job = context.job
     try:
-        result = _handler(job.kind)(context)
+        result = (handler or _handler(job.kind))(context)
     except JobError as exc:
         jobs.fail(context.db, job.id, str(exc))
         return False

@@ -14,7 +14,9 @@ from rlhf_loop.ppo.distributed import join_world
 world = join_world()
 param = torch.nn.Parameter(torch.ones(3))
 param.grad = torch.full((3,), float(world.rank + 1))  # different data, different gradients
-world.average_gradients([param])
+lonely = torch.nn.Parameter(torch.ones(2))  # a gradient on rank 0 only: rank 1 ran out of data
+lonely.grad = torch.full((2,), 2.0) if world.is_main else None
+world.average_gradients([param, lonely])
 gathered, mine = world.gather(torch.arange(world.rank + 1, dtype=torch.float32))
 view = {
     "rank": world.rank,
@@ -22,6 +24,8 @@ view = {
     "gathered": gathered.tolist(),
     "mine": mine,
     "mean": world.mean({"x": world.rank * 2.0}),
+    "lonely": lonely.grad.tolist(),
+    "most": world.most(world.rank * 3 + 1),
 }
 (Path(os.environ["REPLICA_OUT"]) / f"rank{world.rank}.json").write_text(json.dumps(view))
 dist.destroy_process_group()

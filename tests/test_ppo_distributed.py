@@ -10,10 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import TEST_PRETRAIN_STEPS
 from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
+from rlhf_loop.ppo.distributed import World
 from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import live_policy
 from rlhf_loop.worker_launch import settings_env
@@ -61,6 +63,18 @@ def test_replicas_average_gradients_and_share_statistics(tmp_path: Path) -> None
         assert view["grad"] == [1.5, 1.5, 1.5]  # identical on both: the replicas stay in step
         assert view["gathered"] == [0.0, 0.0, 1.0] and view["mine"] == [0, 1][view["rank"]]
         assert view["mean"] == {"x": 1.0}
+        assert view["lonely"] == [1.0, 1.0]  # the missing gradient counted as zero
+        assert view["most"] == 4
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "parts"), [(16, 3, [6, 5, 5]), (5, 2, [3, 2]), (4, 1, [4])]
+)
+def test_a_batch_is_shared_out_across_processes(total: int, size: int, parts: list[int]) -> None:
+    items = list(range(total))
+    shares = [World(rank, size).share(items) for rank in range(size)]
+    assert [len(s) for s in shares] == parts
+    assert [i for s in shares for i in s] == items  # each item once, in order
 
 
 def test_ppo_round_on_two_processes_publishes_one_live_version(
@@ -77,8 +91,9 @@ def test_ppo_round_on_two_processes_publishes_one_live_version(
         reward_epochs=1,
         reward_max_length=64,
         ppo_steps=2,
-        ppo_batch_prompts=8,
-        ppo_minibatch=8,
+        ppo_batch_prompts=5,  # 3 prompts on rank 0, 2 on rank 1
+        ppo_samples_per_prompt=2,
+        ppo_minibatch=4,  # so rank 0 has two minibatches, rank 1 one: it joins rank 0's second
         ppo_eval_prompts=4,
         ppo_after_reward=False,
     )
@@ -107,4 +122,7 @@ def test_ppo_round_on_two_processes_publishes_one_live_version(
     assert live["path"] is not None and Path(live["path"]).is_dir()
     (job,) = [j for j in db["jobs"].rows if j["kind"] == "ppo_round"]
     assert job["status"] == "done" and "2 process(es)" in job["params"]
-    assert {m["name"] for m in jobs.job_metrics(db, job["id"])} >= {"reward", "kl", "clip_frac"}
+    metrics = jobs.job_metrics(db, job["id"])
+    assert {m["name"] for m in metrics} >= {"reward", "kl", "clip_frac"}
+    # the configured batch in all, not per process: 5 prompts x 2 samples per step
+    assert [m["value"] for m in metrics if m["name"] == "sequences"] == [10.0, 10.0]

@@ -1,9 +1,10 @@
 """Data-parallel PPO across processes, for ``accelerate launch`` or ``torchrun``.
 
 Both launchers set RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR; with them each process rolls
-out its own prompts, gradients are averaged before every optimiser step (so all replicas stay
-identical), and only rank 0 touches the database and the disk. Without them (the worker, a
-single GPU, a laptop) every call here is a no-op.
+out its share of each batch's prompts (the batch stays the configured size), gradients are
+averaged before every optimiser step (so all replicas stay identical), and only rank 0 touches
+the database and the disk. Without them (the worker, a single GPU, a laptop) every call here is
+a no-op.
 
 Gradients are averaged by hand rather than through DistributedDataParallel so the policy's
 forward stays the plain peft model call in every setting.
@@ -12,10 +13,14 @@ forward stays the plain peft model call in every setting.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,32 @@ class World:
             return f"cuda:{self.local_rank}"
         return setting
 
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This process's contiguous part of ``items``: the parts cover them once and differ in
+        size by one at most, earlier ranks taking the remainder (16 over 3: 6, 5, 5), so a batch
+        configured for the round is that size on any number of processes."""
+        base, extra = divmod(len(items), self.size)
+        start = self.rank * base + min(self.rank, extra)
+        return list(items[start : start + base + (self.rank < extra)])
+
+    def most(self, value: int) -> int:
+        """The largest ``value`` among the processes."""
+        if self.size == 1:
+            return value
+        box = torch.tensor([value], dtype=torch.long, device=self._comm)
+        dist.all_reduce(box, op=dist.ReduceOp.MAX)
+        return int(box.item())
+
     def average_gradients(self, params: list[torch.nn.Parameter]) -> None:
+        """Each parameter's gradient, averaged over the processes. One without a gradient here
+        (this process ran out of minibatches) counts as zero, so every process reduces the same
+        tensors and steps with the same average."""
         if self.size == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         flat = torch.cat([g.reshape(-1) for g in grads])
         dist.all_reduce(flat)
         flat /= self.size

@@ -127,6 +127,12 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
     train_prompts, eval_prompts = split_prompts(db, settings)
     if not train_prompts:
         raise JobError("no prompts to train on: import some on the Data page")
+    batch_prompts = min(settings.ppo_batch_prompts, len(train_prompts))
+    if batch_prompts < world.size:
+        raise JobError(
+            f"a batch of {batch_prompts} prompt(s) cannot be split over {world.size} processes: "
+            "raise ppo_batch_prompts (or import prompts), or launch fewer processes"
+        )
     live = live_policy(db, settings.model)
     report(0.0, f"loading policy v{live['version']}")
     policy = _load_policy(ctx, live, device)
@@ -154,9 +160,9 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         torch.Generator(device=policy.device).manual_seed(seed * 1000 + world.rank),
         world,
     )
-    rng = random.Random(seed * 1000 + world.rank)  # each process rolls out its own prompts
+    rng = random.Random(seed)  # the same draw on every process, which rolls out its share
     for step in range(1, settings.ppo_steps + 1):
-        prompts = rng.sample(train_prompts, min(settings.ppo_batch_prompts, len(train_prompts)))
+        prompts = world.share(rng.sample(train_prompts, batch_prompts))
         batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
         scores = score(*reward, batch.prompts, batch.texts, max_length)
         try:

@@ -6,6 +6,7 @@ in TRL's order, and gathers the statistics an operator plots.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -105,18 +106,25 @@ def ppo_step(
     # step 4: advantages by GAE, whitened over the whole batch (not per minibatch)
     advantages, returns = gae(rewards, old_values, mask, hyper.gamma, hyper.lam)
     advantages = masked_whiten(advantages, mask)
-    # step 5: several epochs of clipped policy and value updates on shuffled minibatches
+    # step 5: several epochs of clipped policy and value updates on shuffled minibatches. Every
+    # process steps as often as the one with the most minibatches, since gradients are averaged
+    # at each step and batches can differ (an uneven split of the prompts, unscorable rows out).
+    steps = state.world.most(math.ceil(len(scores) / hyper.minibatch))
     stats: dict[str, list[float]] = {}
     for _ in range(hyper.epochs):
-        for idx in minibatch_indices(len(scores), hyper.minibatch, state.generator):
+        minibatches = minibatch_indices(len(scores), hyper.minibatch, state.generator)
+        for idx in minibatches:
             minibatch_stats = _update(
                 policy, batch, idx, old_logp, old_values, advantages, returns, state, hyper
             )
             for name, value in minibatch_stats.items():
                 stats.setdefault(name, []).append(value)
+        for _ in range(steps - len(minibatches)):  # out of data: join the others' steps
+            state.optimiser.zero_grad(set_to_none=True)
+            _averaged_step(state, hyper)
     # step 6: the KL controller sees the batch's KL (all processes'); an EMA reference trails
     sequence_kl = state.world.mean({"kl": (kl * mask).sum(-1).mean().item()})["kl"]
-    state.kl_control.update(sequence_kl, len(scores) * state.world.size)
+    state.kl_control.update(sequence_kl, len(everyone))
     if hyper.ema_reference:
         ema_update(
             policy.adapter_parameters(REFERENCE),
@@ -132,7 +140,11 @@ def ppo_step(
         "response_length": mask.sum(-1).float().mean().item(),
         "ended": batch.eos_found.float().mean().item(),
     }
-    return state.world.mean(local) | {"kl": sequence_kl, "kl_coef": state.kl_control.value}
+    return state.world.mean(local) | {
+        "kl": sequence_kl,
+        "kl_coef": state.kl_control.value,
+        "sequences": float(len(everyone)),  # optimised this step, all processes together
+    }
 
 
 def _update(
@@ -162,10 +174,7 @@ def _update(
     loss = pg_loss + hyper.vf_coef * vf_loss
     state.optimiser.zero_grad(set_to_none=True)
     loss.backward()
-    params = [p for group in state.optimiser.param_groups for p in group["params"]]
-    state.world.average_gradients(params)
-    torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
-    state.optimiser.step()
+    _averaged_step(state, hyper)
     with torch.no_grad():
         entropy = masked_mean(
             entropy_from_logits(response_logits.detach(), temperature=batch.temperature), mask
@@ -178,3 +187,12 @@ def _update(
         "approx_kl": pg_stats["approx_kl"].item(),
         "value_clip_frac": vf_stats["value_clip_frac"].item(),
     }
+
+
+def _averaged_step(state: Optimisation, hyper: PPOHyper) -> None:
+    """Average the gradients over the processes, clip and step: every replica takes the same
+    step and they stay identical."""
+    params = [p for group in state.optimiser.param_groups for p in group["params"]]
+    state.world.average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, hyper.max_grad_norm)
+    state.optimiser.step()
