@@ -291,7 +291,6 @@ def parses_cleanly_or_refuses(
     assert starts == sorted(set(starts)), "rows come in file order, one per starting line"
     assert all(1 <= line <= lines for line in starts + parsed.duplicates)
     assert not set(parsed.duplicates) & set(starts)
-    assert parsed.blank_lines >= 0
     assert len(starts) + len(parsed.duplicates) + parsed.blank_lines <= lines
     return parsed
 

@@ -521,14 +521,13 @@ def train_bandit(kl_coef: float, steps: int = 60, batch: int = 64) -> torch.Tens
         for _epoch in range(4):
             for idx in minibatch_indices(batch, 16, generator):
                 logp_new = logprobs_from_logits(logits.expand(len(idx), 1, 3), arms[idx])
-                pg, pg_stats = policy_loss(logp_new, logp_old[idx], advantages[idx], mask[idx], 0.2)
+                pg, _ = policy_loss(logp_new, logp_old[idx], advantages[idx], mask[idx], 0.2)
                 vf, _ = value_loss(
                     value.expand(len(idx), 1), values_old[idx], returns[idx], mask[idx], 0.2
                 )
                 optimiser.zero_grad()
                 (pg + 0.5 * vf).backward()
                 optimiser.step()
-                assert 0.0 <= pg_stats["clip_frac"].item() <= 1.0
     return logits.detach().softmax(0)
 
 

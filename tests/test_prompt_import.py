@@ -436,11 +436,6 @@ def test_prompt_hash_is_sha256_of_stripped_text() -> None:
     assert prompt_hash("hello") != prompt_hash("Hello")
 
 
-def test_prompt_hash_matches_parsed_rows() -> None:
-    rows = parse("p.txt", "  spaced  \n").rows
-    assert prompt_hash(rows[0].text) == prompt_hash("  spaced  ")
-
-
 # --- property: only PromptImportError escapes ---------------------------------------------------
 
 _SYNTAX = st.sampled_from(

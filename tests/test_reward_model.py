@@ -16,8 +16,8 @@ from rlhf_loop.model.loader import ModelLoadError
 from rlhf_loop.ppo.scoring import score
 from rlhf_loop.prompt_import import PROMPT_LABELS
 from rlhf_loop.reward.active import reprioritise, score_responses, selection_priority
-from rlhf_loop.reward.data import RankingExample, split_held_out
-from rlhf_loop.reward.job import retrain_due, run_train_reward
+from rlhf_loop.reward.data import RankingExample, load_rankings, split_held_out
+from rlhf_loop.reward.job import retrain_due, run_train_reward, train_config
 from rlhf_loop.reward.losses import OPENNESS_LABELS
 from rlhf_loop.reward.model import load_backbone, load_reward_model, save_reward_model
 from rlhf_loop.reward.train import (
@@ -125,7 +125,12 @@ def test_job_registers_a_version_with_held_out_metrics(
     assert Path(version["path"]).is_dir()
     metrics = version["metrics"]
     assert metrics["rankings_used"] == 60 and metrics["heldout_rankings"] > 0
-    assert 0.0 <= metrics["pairwise_accuracy"] <= 1.0
+    # The metrics are the saved model's on the held-out rankings, not the training ones.
+    _, held_out = split_held_out(load_rankings(db), ctx.settings.reward_heldout_fraction)
+    model, tokenizer, _ = load_reward_model(version["path"], "cpu")
+    again = evaluate(model, tokenizer, held_out, metrics["log_nu"], train_config(ctx.settings))
+    assert again["heldout_pairs"] == metrics["heldout_pairs"] > 0
+    assert again["pairwise_accuracy"] == pytest.approx(metrics["pairwise_accuracy"])
     assert ctx.reporter.reports[-1][1] == 1.0
     assert {m["name"] for m in jobs.job_metrics(db, ctx.job.id)} >= {"loss", "nu"}
     assert not retrain_due(db, ctx.settings)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from store_helpers import add_texts, fresh_db
 from transformers import AutoTokenizer
-from worker_helpers import worker_env
+from worker_helpers import REPO, WORKER, wait_for, worker_env
 
 from rlhf_loop.config import load_settings
 from rlhf_loop.gold_import import GoldItem
@@ -23,8 +21,6 @@ from rlhf_loop.store.gold import GOLD_POLICY_VERSION, add_gold_items
 from rlhf_loop.store.tasks import free_slots
 from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +72,13 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
     add_gold_items(
         db, [GoldItem("Name a colour.", ["Red.", "A colour, say blue."], [1, 2], 1)], "g"
     )
-    worker = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
-    first = subprocess.Popen(worker, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # let the first claim the lease
-    second = subprocess.run(worker, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    first = subprocess.Popen(WORKER, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    wait_for(
+        lambda: (leases.live_holder(db, LEASE, 60) or {}).get("pid") == first.pid,
+        60,
+        "the first worker to take the lease",
+    )
+    second = subprocess.run(WORKER, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "another worker holds the lease" in second.stdout
     assert first.wait(timeout=120) == 0
     assert free_slots(db, overlap=1, assignment_timeout_s=600) >= 6
@@ -120,10 +119,9 @@ def test_app_launcher_starts_one_worker_which_replaces_a_dead_one(
     try:
         assert pid is not None
         assert ensure_worker(db, settings) is None  # the lease is taken: no second worker
-        deadline = time.monotonic() + 120
-        while free_slots(db, 1, 600) < settings.queue_depth and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert free_slots(db, 1, 600) >= settings.queue_depth  # demo prompts seeded and sampled
+        wait_for(  # demo prompts seeded and sampled
+            lambda: free_slots(db, 1, 600) >= settings.queue_depth, 120, "a full queue"
+        )
         assert leases.live_holder(db, LEASE, 5)["pid"] == pid
     finally:
         os.kill(pid, 15)

@@ -14,14 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from store_helpers import fresh_db, oracle_rankings
-from worker_helpers import wait_for, worker_env
+from worker_helpers import REPO, wait_for, worker_env
 
 from rlhf_loop import parent_watch
 from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import latest_version
 from rlhf_loop.worker import LEASE
 
-REPO = Path(__file__).resolve().parent.parent
 LEASE_S = 5.0  # heartbeat (and parent check) every second
 
 APP = """
