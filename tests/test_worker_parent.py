@@ -35,7 +35,9 @@ time.sleep(600)
 # Starts a worker as a person would from a shell, then exits: the worker has no parent to watch.
 BY_HAND = """
 import subprocess, sys
-worker = subprocess.Popen([sys.executable, "-m", "rlhf_loop", "worker"], start_new_session=True)
+worker = subprocess.Popen(
+    [sys.executable, "-m", "rlhf_loop", "worker"], stdout=subprocess.DEVNULL, start_new_session=True
+)
 print(worker.pid, flush=True)
 """
 
@@ -45,7 +47,8 @@ def _lease(db) -> dict:
 
 
 def _start(script: str, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    """Run ``script``, which prints the worker's pid; returns it and the worker's identity."""
+    """Run ``script``, which prints the worker's pid; returns the process and the worker's
+    identity."""
     process = subprocess.Popen(
         [sys.executable, "-c", script], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True
     )
