@@ -120,7 +120,7 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
             f"building the demo model (first start only): {stage}", f
         ),
     )
-    policy = LivePolicy(path, settings.device)
+    policy = LivePolicy(path, settings.device, settings.dtype)
     policy.current(live_policy(db, settings.model))
     params = SamplingParams.from_settings(settings)
     selector = _selector(settings)
@@ -145,7 +145,7 @@ def _selector(settings: Settings):
         return None
     from rlhf_loop.reward.active import ActiveSelector
 
-    return ActiveSelector(settings.device, settings.reward_max_length)
+    return ActiveSelector(settings.device, settings.reward_max_length, settings.dtype)
 
 
 def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> bool:

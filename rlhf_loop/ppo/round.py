@@ -92,24 +92,24 @@ def evaluate_policy(
     }
 
 
-def _load_reward(db: sqlite_utils.Database, device: str):
+def _load_reward(db: sqlite_utils.Database, device: str, dtype: str):
     row = latest_version(db, "reward")
     if row is None:
         raise JobError("no reward model yet: train one before a PPO round")
     try:
-        model, tokenizer, _ = load_reward_model(row["path"], device)
+        model, tokenizer, meta = load_reward_model(row["path"], device, dtype)
     except ModelLoadError as exc:
         raise JobError(f"reward model v{row['version']}: {exc}") from None
-    return row, (model, tokenizer)
+    return row, (model, tokenizer, meta)
 
 
 def _load_policy(ctx: JobContext, live: dict[str, Any], device: str) -> Policy:
     settings = ctx.settings
     ema = settings.ppo_ema_reference > 0
     if live["path"] is None:
-        return new_policy(ctx.policy_path, device, settings.ppo_lora_r, ema)
+        return new_policy(ctx.policy_path, device, settings.ppo_lora_r, ema, settings.dtype)
     try:
-        return load_policy(ctx.policy_path, live["path"], device, ema)
+        return load_policy(ctx.policy_path, live["path"], device, ema, settings.dtype)
     except ModelLoadError as exc:
         raise JobError(
             f"live policy v{live['version']}: {exc}; roll back to a version whose files exist"
@@ -123,7 +123,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
     settings, db = ctx.settings, ctx.db
     device = world.device(settings.device)
     report = ctx.progress if world.is_main else (lambda fraction, message: None)
-    reward_row, reward = _load_reward(db, device)
+    reward_row, reward = _load_reward(db, device, settings.dtype)
     train_prompts, eval_prompts = split_prompts(db, settings)
     if not train_prompts:
         raise JobError("no prompts to train on: import some on the Data page")

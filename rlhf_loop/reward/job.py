@@ -59,7 +59,9 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         else resolve_backbone(settings.reward_backbone)
     )
     ctx.progress(0.0, f"loading backbone for {len(train)} training rankings")
-    model, tokenizer = load_backbone(backbone, settings.device, settings.reward_lora_r)
+    model, tokenizer = load_backbone(
+        backbone, settings.device, settings.reward_lora_r, settings.dtype
+    )
     config = train_config(settings)
 
     def on_step(step: int, total: int, point: dict[str, float]) -> None:
