@@ -123,8 +123,23 @@ class Settings:
     ppo_ema_reference: float = 0.0
     # Held-out prompts for each round's before/after evaluation.
     ppo_eval_prompts: int = 24
-    # Start a PPO round automatically after each reward-model retrain.
+    # Start a PPO round automatically after each reward-model retrain (only when the reward
+    # model's held-out accuracy interval lies above chance, and no candidate awaits a verdict).
     ppo_after_reward: bool = True
+    # A round stops once a rollout's KL to the reference passes this (nats per response), keeping
+    # the weights from before; 0 = no budget.
+    ppo_kl_budget: float = 6.0
+
+    # Judging policies by people. "human": a finished PPO round is a candidate, shown only in
+    # blind comparison items against the live version, made live when people prefer it;
+    # "immediate": it goes live at once.
+    policy_adoption: str = "human"
+    # Share of new items that mix two versions' responses, blind, once a second version exists.
+    eval_share: float = 0.2
+    # Cross-version pairs after which an undecided candidate is left to the operator.
+    eval_max_comparisons: int = 400
+    # Under "immediate": roll a live version back when people prefer its parent.
+    auto_rollback: bool = True
 
     @property
     def resolved_data_dir(self) -> Path:
@@ -190,6 +205,13 @@ class Settings:
             (self.ppo_kl_coef >= 0 and self.ppo_kl_target >= 0, "KL settings must be >= 0"),
             (0 <= self.ppo_ema_reference < 1, "ppo_ema_reference must be in [0, 1)"),
             (self.ppo_eval_prompts >= 1, "ppo_eval_prompts must be >= 1"),
+            (self.ppo_kl_budget >= 0, "ppo_kl_budget must be >= 0 (0 = no budget)"),
+            (
+                self.policy_adoption in ("human", "immediate"),
+                "policy_adoption must be 'human' or 'immediate'",
+            ),
+            (0 <= self.eval_share <= 1, "eval_share must be in [0, 1]"),
+            (self.eval_max_comparisons >= 1, "eval_max_comparisons must be >= 1"),
             (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),
         ]
         for ok, message in checks:

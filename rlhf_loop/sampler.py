@@ -103,6 +103,7 @@ class LivePolicy:
         self.unloadable: set[int] = set()  # tried once; not reloaded on every batch
         self.model: PreTrainedModel | None = None
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._other: tuple[int, PreTrainedModel] | None = None
 
     def current(self, live: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, int]:
         """Model, tokenizer and version to sample with, given the live policy's registry row."""
@@ -111,15 +112,30 @@ class LivePolicy:
         assert self.model is not None and self.tokenizer is not None
         return self.model, self.tokenizer, self.version  # type: ignore[return-value]
 
-    def _load(self, live: dict) -> None:
+    def other(self, row: dict) -> PreTrainedModel:
+        """The model of a version that is not live, for blind comparison items (a candidate, or
+        the live version's parent). One such version is kept loaded beside the live one, so
+        blind items cost a second copy of the weights while they are being made."""
+        if self._other is None or self._other[0] != row["version"]:
+            self._other = None  # free the previous one before loading the next
+            self._other = (row["version"], self._merged(row)[0])
+        return self._other[1]
+
+    def _merged(self, row: dict) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         from peft import PeftModel
 
-        from rlhf_loop.model.loader import ModelLoadError, load_causal_lm
+        from rlhf_loop.model.loader import load_causal_lm
+
+        model, tokenizer = load_causal_lm(self.base_path, self.device, self.dtype)
+        if row["path"] is not None:
+            model = PeftModel.from_pretrained(model, row["path"]).merge_and_unload().eval()
+        return model, tokenizer
+
+    def _load(self, live: dict) -> None:
+        from rlhf_loop.model.loader import ModelLoadError
 
         try:
-            model, tokenizer = load_causal_lm(self.base_path, self.device, self.dtype)
-            if live["path"] is not None:
-                model = PeftModel.from_pretrained(model, live["path"]).merge_and_unload().eval()
+            model, tokenizer = self._merged(live)
         except (ModelLoadError, OSError, ValueError) as exc:
             if self.model is None:
                 raise

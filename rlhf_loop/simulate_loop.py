@@ -44,6 +44,7 @@ DEMO_LOOP_SETTINGS = {
     "ppo_lr": 2e-3,
     "ppo_eval_prompts": 24,
     "ppo_kl_coef": 0.15,
+    "policy_adoption": "immediate",
 }
 
 

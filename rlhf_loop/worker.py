@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -124,9 +125,11 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     policy.current(live_policy(db, settings.model))
     params = SamplingParams.from_settings(settings)
     selector = _selector(settings)
+    verdicts = HumanVerdicts(settings)
     idle_since = time.monotonic()
     while not beat.lost.is_set():
         beat.stop_if_orphaned()
+        verdicts.refresh(db, beat)
         if _run_one_job(db, settings, beat, path) or _top_up_queue(
             db, settings, beat, policy, params
         ):
@@ -138,6 +141,26 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
         if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
             return
         time.sleep(IDLE_POLL_S)
+
+
+@dataclass
+class HumanVerdicts:
+    """Applies people's verdicts (promote, reject, roll back) when new blind rankings arrive:
+    the bootstrap behind them is refitted only then, not on every loop."""
+
+    settings: Settings
+    seen: int = -1
+
+    def refresh(self, db, beat: Heartbeat) -> None:
+        from rlhf_loop.human_verdicts import blind_ranking_count, decide
+
+        count = blind_ranking_count(db)
+        if count == self.seen:
+            return
+        beat.report(f"reading people's verdict from {count} blind rankings")
+        for line in decide(db, self.settings):
+            print(line, flush=True)
+        self.seen = count
 
 
 def _selector(settings: Settings):
@@ -172,13 +195,15 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
 
 def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bool:
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
+    from rlhf_loop.blind_items import add_blind_items
     from rlhf_loop.sampler import sample_responses
     from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
     from rlhf_loop.store.gold import recount_gold_tokens
     from rlhf_loop.store.tasks import free_slots
     from rlhf_loop.store.versions import live_policy
 
-    model, tokenizer, version = policy.current(live_policy(db, settings.model))
+    live = live_policy(db, settings.model)
+    model, tokenizer, version = policy.current(live)
     recount_gold_tokens(db, lambda text: len(tokenizer(text)["input_ids"]))
     free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
     wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
@@ -194,6 +219,28 @@ def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bo
         f"sampling {len(batch)} prompt(s) with policy v{version}",
         free / max(1, settings.queue_depth),
     )
-    samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
-    add_comparisons(db, version, [pid for pid, _ in batch], samples, params.record(settings.model))
+    blind = _blind_pair(db, settings, len(batch))
+    if blind is not None:
+        pair, count = blind
+        add_blind_items(
+            db, policy, live, pair, batch[:count], params, random.Random(time.time_ns())
+        )
+        batch = batch[count:]
+    if batch:
+        samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
+        add_comparisons(
+            db, version, [pid for pid, _ in batch], samples, params.record(settings.model)
+        )
     return True
+
+
+def _blind_pair(db, settings: Settings, batch: int) -> tuple[tuple[dict, dict], int] | None:
+    """The two versions to mix and how many of this batch's prompts get a blind item."""
+    from rlhf_loop.blind_items import blind_count
+    from rlhf_loop.store.adoption import blind_pair
+
+    pair = blind_pair(db, settings.model) if settings.eval_share > 0 else None
+    if pair is None:
+        return None
+    count = blind_count(db, (pair[0]["version"], pair[1]["version"]), batch, settings.eval_share)
+    return (pair, count) if count else None

@@ -24,7 +24,8 @@ class Progress:
 def job_context(
     db: sqlite_utils.Database, tmp_path: Path, model_path: Path, kind: str, **overrides
 ) -> JobContext:
-    """A claimed ``kind`` job with settings small enough for the demo model on a CPU."""
+    """A claimed ``kind`` job with settings small enough for the demo model on a CPU; a PPO
+    round's version goes live at once unless ``policy_adoption`` says otherwise."""
     settings = Settings(
         data_dir=str(tmp_path),
         device="cpu",
@@ -38,6 +39,7 @@ def job_context(
         ppo_samples_per_prompt=2,
         ppo_minibatch=8,
         ppo_eval_prompts=6,
+        policy_adoption="immediate",
     ).replace(**overrides)
     jobs.enqueue(db, kind)
     return JobContext(db, settings, jobs.claim(db, "test", 30), Progress(), str(model_path))

@@ -96,6 +96,7 @@ def test_ppo_round_on_two_processes_publishes_one_live_version(
         ppo_minibatch=4,  # so rank 0 has two minibatches, rank 1 one: it joins rank 0's second
         ppo_eval_prompts=4,
         ppo_after_reward=False,
+        policy_adoption="immediate",
     )
     (tmp_path / "empty.toml").write_text("")
     env = (

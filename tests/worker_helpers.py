@@ -20,7 +20,8 @@ WORKER = [sys.executable, "-m", "rlhf_loop", "worker", "--idle-exit", "1"]
 
 def worker_env(tmp_path: Path, model_path: Path, **overrides) -> dict[str, str]:
     """The environment for ``python -m rlhf_loop worker``: this data dir, the test model, no
-    demo prompts and no automatic jobs (a test enqueues what it wants run), plus ``overrides``."""
+    demo prompts and no automatic jobs (a test enqueues what it wants run), a PPO round's
+    version live at once (these tests are about jobs, not adoption), plus ``overrides``."""
     settings = Settings(
         data_dir=str(tmp_path),
         model_cache_dir=str(model_path.parent),
@@ -32,6 +33,7 @@ def worker_env(tmp_path: Path, model_path: Path, **overrides) -> dict[str, str]:
         reward_lr=1e-3,
         reward_max_length=64,
         queue_depth=1,
+        policy_adoption="immediate",
     ).replace(**overrides)
     (tmp_path / "empty.toml").write_text("")
     return os.environ | settings_env(settings) | {"RLHF_LOOP_CONFIG": str(tmp_path / "empty.toml")}

@@ -14,6 +14,7 @@ from typing import Any
 import sqlite_utils
 import torch
 
+from rlhf_loop.arena.degeneration import length_correlation, repeated_ngram_share
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
@@ -26,6 +27,7 @@ from rlhf_loop.ppo.scoring import UnscorableBatch, score, usable
 from rlhf_loop.ppo.step import Optimisation, PPOHyper, old_outputs, ppo_step
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.reward.model import load_reward_model
+from rlhf_loop.store.adoption import ADOPTED, CANDIDATE, supersede_candidates
 from rlhf_loop.store.prompts import prompt_texts_in_use
 from rlhf_loop.store.versions import latest_version, live_policy, next_version, register_version
 
@@ -45,6 +47,7 @@ def hyper(settings: Settings) -> PPOHyper:
         lam=settings.ppo_lambda,
         missing_eos_penalty=settings.ppo_missing_eos_penalty,
         ema_reference=settings.ppo_ema_reference,
+        kl_budget=settings.ppo_kl_budget,
     )
 
 
@@ -71,7 +74,8 @@ def evaluate_policy(
     policy: Policy, reward, prompts: list[str], config: SampleConfig, max_length: int, seed: int
 ) -> dict[str, Any]:
     """Mean reward and KL to the reference of one sample per held-out prompt (a fixed seed, so
-    before and after see the same sampling noise)."""
+    before and after see the same sampling noise), and the cheap signs of reward hacking:
+    repeated phrases and how much the reward follows length."""
     if not prompts:
         return {"mean_reward": None, "kl": None, "samples": []}
     generator = torch.Generator(device=policy.device).manual_seed(seed)
@@ -81,10 +85,15 @@ def evaluate_policy(
     mask = batch.response_mask.to(policy.device)
     kl = (kl_per_token(old_logp, ref_logp, "k1") * mask).sum(-1)
     finite = torch.isfinite(scores)
+    lengths = mask.sum(-1).float()
     return {
         "mean_reward": scores[finite].mean().item() if finite.any() else None,
         "kl": kl.mean().item(),
-        "response_length": mask.sum(-1).float().mean().item(),
+        "response_length": lengths.mean().item(),
+        "repeated_ngrams": repeated_ngram_share(batch.texts),
+        "length_correlation": length_correlation(
+            scores[finite].tolist(), lengths[finite.to(lengths.device)].tolist()
+        ),
         "samples": [
             {"prompt": p, "response": t, "reward": s}
             for p, t, s in zip(batch.prompts, batch.texts, scores.tolist(), strict=True)
@@ -161,6 +170,11 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         world,
     )
     rng = random.Random(seed)  # the same draw on every process, which rolls out its share
+    # the trainable weights before the last update, and before this one: when a rollout shows
+    # the KL budget passed, the weights that produced it are over it, so the round keeps the
+    # ones before them
+    last_good = current = _trainable_state(policy)
+    stopped = None
     for step in range(1, settings.ppo_steps + 1):
         prompts = world.share(rng.sample(train_prompts, batch_prompts))
         batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
@@ -172,6 +186,10 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         if not keep.all():
             batch, scores = batch.select(keep), scores[keep]
         stats = ppo_step(policy, batch, scores, state, hyper(settings))
+        if stats.get("over_kl_budget"):
+            stopped = _stop_at_budget(ctx, policy, last_good, step, stats["kl"], live)
+            break
+        last_good, current = current, _trainable_state(policy)
         stats["unscorable"] = float((~keep).sum())
         if world.is_main:
             ctx.metrics(step, stats)
@@ -183,7 +201,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         world.barrier()  # rank 0 saves; the others' replicas are identical
         return {}
     after = held_out("new")
-    result = _publish(ctx, policy, live, reward_row, len(eval_prompts), before, after)
+    result = _publish(ctx, policy, live, reward_row, len(eval_prompts), before, after, stopped)
     world.barrier()
     return result
 
@@ -196,9 +214,10 @@ def _publish(
     eval_count: int,
     before: dict[str, Any],
     after: dict[str, Any],
+    stopped: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Save the adapter as the next version, then make it live and end the job as done in one
-    transaction."""
+    """Save the adapter as the next version, then register it (live, or a candidate for blind
+    comparison) and end the job as done in one transaction."""
     settings, db = ctx.settings, ctx.db
     version = next_version(db, KIND)
     metrics = {
@@ -210,6 +229,9 @@ def _publish(
         "kl_before": before["kl"],
         "kl_after": after["kl"],
         "length_after": after.get("response_length"),
+        "repeated_ngrams_after": after.get("repeated_ngrams"),
+        "length_correlation_after": after.get("length_correlation"),
+        "stopped_early": stopped,
     }
     path = save_policy(
         policy,
@@ -222,7 +244,47 @@ def _publish(
             "samples_after": after["samples"],
         },
     )
-    result = {"version": version, **metrics}
+    immediate = settings.policy_adoption == "immediate"
+    result = {"version": version, "adoption": ADOPTED if immediate else CANDIDATE, **metrics}
     with ctx.finishing(result):
-        register_version(db, KIND, version, path, settings.model, metrics, live["id"], live=True)
+        register_version(
+            db,
+            KIND,
+            version,
+            path,
+            settings.model,
+            metrics,
+            live["id"],
+            live=immediate,
+            adoption=result["adoption"],
+        )
+        if not immediate:
+            supersede_candidates(db, settings.model, version)
     return result
+
+
+def _trainable_state(policy: Policy) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in policy.trainable_parameters()]
+
+
+def _stop_at_budget(
+    ctx: JobContext,
+    policy: Policy,
+    last_good: list[torch.Tensor],
+    step: int,
+    kl: float,
+    live: dict[str, Any],
+) -> dict[str, Any]:
+    """Put back the weights from before the update that passed the KL budget, and say so."""
+    budget = ctx.settings.ppo_kl_budget
+    if step == 1:
+        raise JobError(
+            f"the live policy v{live['version']} is already {kl:.2f} nats per response from the "
+            f"reference, past ppo_kl_budget = {budget}: nothing was trained. Roll back to an "
+            "earlier version, or raise the budget if that drift is wanted"
+        )
+    with torch.no_grad():
+        for param, kept in zip(policy.trainable_parameters(), last_good, strict=True):
+            param.copy_(kept)
+    ctx.progress(step / ctx.settings.ppo_steps, f"stopped at step {step}: KL {kl:.2f} > {budget}")
+    return {"step": step, "kl": kl, "budget": budget, "updates_kept": step - 2}

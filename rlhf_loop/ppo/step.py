@@ -44,6 +44,7 @@ class PPOHyper:
     lam: float = 0.95
     missing_eos_penalty: float = 1.0
     ema_reference: float = 0.0  # 0: frozen base reference
+    kl_budget: float = 0.0  # nats per response; a batch whose KL passes it is not trained on
     max_grad_norm: float = 1.0
 
 
@@ -89,8 +90,12 @@ def ppo_step(
     mask = batch.response_mask.to(device)
     # step 1: the rollout's log-probs and values before any update, and the reference's
     old_logp, old_values, ref_logp = old_outputs(policy, batch)
-    # step 2: per-token KL to the reference, penalised in the reward at every token
+    # step 2: per-token KL to the reference, penalised in the reward at every token; a policy
+    # already past the KL budget is not moved further (the round stops, see ppo.round)
     kl = kl_per_token(old_logp, ref_logp, "k1")
+    sequence_kl = state.world.mean({"kl": (kl * mask).sum(-1).mean().item()})["kl"]
+    if hyper.kl_budget and sequence_kl > hyper.kl_budget:
+        return {"kl": sequence_kl, "over_kl_budget": 1.0}
     # step 3: the sequence score (scaled by the running spread of every process's scores)
     # added at the last token
     everyone, mine = state.world.gather(scores.to(device))
@@ -123,7 +128,6 @@ def ppo_step(
             state.optimiser.zero_grad(set_to_none=True)
             _averaged_step(state, hyper)
     # step 6: the KL controller sees the batch's KL (all processes'); an EMA reference trails
-    sequence_kl = state.world.mean({"kl": (kl * mask).sum(-1).mean().item()})["kl"]
     state.kl_control.update(sequence_kl, len(everyone))
     if hyper.ema_reference:
         ema_update(

@@ -10,9 +10,11 @@ import sqlite_utils
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.reward.data import load_rankings, split_held_out
+from rlhf_loop.reward.gate import ppo_gate
 from rlhf_loop.reward.model import load_backbone, resolve_backbone, save_reward_model
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
 from rlhf_loop.store import jobs
+from rlhf_loop.store.events import log_event
 from rlhf_loop.store.training_rankings import training_ranking_count
 from rlhf_loop.store.versions import latest_version, next_version, register_version
 
@@ -76,6 +78,7 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         "final_loss": outcome.history[-1]["loss"],
         "log_nu": outcome.log_nu,
     }
+    metrics["ppo_gate"] = ppo_gate(ctx.db, settings, metrics, len(examples))
     ctx.metrics(outcome.steps, {k: v for k, v in metrics.items() if isinstance(v, float)})
     version = next_version(ctx.db, KIND)
     path = save_reward_model(
@@ -87,6 +90,8 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
     result = {"version": version, **metrics}
     with ctx.finishing(result):
         register_version(ctx.db, KIND, version, path, backbone, metrics)
-        if settings.ppo_after_reward:
+        if settings.ppo_after_reward and metrics["ppo_gate"]["passed"]:
             jobs.enqueue(ctx.db, "ppo_round", {"reason": f"after reward model v{version}"})
+        elif settings.ppo_after_reward:
+            log_event(ctx.db, "ppo_gated", reward_version=version, **metrics["ppo_gate"])
     return result

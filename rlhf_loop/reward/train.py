@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_loop.arena.accuracy import accuracy_interval, enough_evidence
 from rlhf_loop.reward.data import RankingExample, collate
 from rlhf_loop.reward.losses import (
     OPENNESS_LABELS,
@@ -132,14 +133,23 @@ def evaluate(
     log_nu: float | None,
     config: RewardTrainConfig,
 ) -> dict[str, float | None]:
-    """Held-out pairwise accuracy (ties excluded), 3-way accuracy (ties as a class), and NLL."""
+    """Held-out pairwise accuracy (ties excluded) with its bootstrap interval over held-out
+    rankings, 3-way accuracy (ties as a class), and NLL."""
     model.eval()
     margin = tie_margin_from_nu(log_nu)
     correct = total = correct3 = total3 = nll_sum = nll_count = 0.0
+    per_ranking: list[tuple[float, int]] = []
     for start in range(0, len(examples), config.batch_rankings):
         batch = examples[start : start + config.batch_rankings]
         ranked = collate(batch, tokenizer, config.max_length)
         rewards = ranked.reward_grid(flat_rewards(model, ranked.inputs)).cpu()
+        per_ranking += [
+            (c.item(), int(t.item()))
+            for c, t in (
+                pairwise_accuracy(rewards[i : i + 1], ranked.rank_grid[i : i + 1])
+                for i in range(len(batch))
+            )
+        ]
         c, t = pairwise_accuracy(rewards, ranked.rank_grid)
         c3, t3 = three_way_accuracy(rewards, ranked.rank_grid, margin)
         per = ranking_nll(rewards, ranked.rank_grid, log_nu)
@@ -147,10 +157,13 @@ def evaluate(
         correct3, total3 = correct3 + c3.item(), total3 + t3.item()
         nll_sum += (per.loss * per.has_pairs).sum().item()
         nll_count += per.has_pairs.sum().item()
+    evidence = accuracy_interval(per_ranking)
     return {  # None where the held-out set has nothing to measure
         "heldout_rankings": len(examples),
         "heldout_pairs": int(total),
         "pairwise_accuracy": correct / total if total else None,
+        "accuracy_interval": None if evidence.interval is None else list(evidence.interval),
+        "accuracy_evidence_enough": enough_evidence(evidence),
         "three_way_accuracy": correct3 / total3 if total3 else None,
         "heldout_nll": nll_sum / nll_count if nll_count else None,
         "tie_margin": margin,

@@ -21,6 +21,9 @@ class Sample:
     text: str
     token_count: int
     finished: bool  # ended with the end-of-sequence token rather than the length limit
+    # the policy version that wrote it, where a comparison mixes two (blind items); None: the
+    # comparison's own version
+    policy_version: int | None = None
 
 
 def comparison_generations(db: sqlite_utils.Database, generation_ids: str) -> list[dict]:
@@ -58,8 +61,13 @@ def add_comparisons(
     prompt_ids: Sequence[int],
     samples: Sequence[Sequence[Sample]],
     params: dict[str, object],
+    blind_versions: tuple[int, int] | None = None,
 ) -> list[int]:
-    """Store each prompt's K samples and one comparison over them, all in one transaction."""
+    """Store each prompt's K samples and one comparison over them, all in one transaction.
+
+    ``blind_versions`` marks comparisons whose samples come from two policy versions (each
+    sample names its own); the versions are kept out of everything an annotator is shown.
+    """
     created = now()
     params_json = json.dumps(params, sort_keys=True)
     comparison_ids = []
@@ -70,7 +78,9 @@ def add_comparisons(
                 .insert(
                     {
                         "prompt_id": prompt_id,
-                        "policy_version": policy_version,
+                        "policy_version": (
+                            policy_version if s.policy_version is None else s.policy_version
+                        ),
                         "text": s.text,
                         "token_count": s.token_count,
                         "finished": int(s.finished),
@@ -89,6 +99,9 @@ def add_comparisons(
                         "policy_version": policy_version,
                         "k": len(generation_ids),
                         "generation_ids": json.dumps(generation_ids),
+                        "blind_versions": (
+                            None if blind_versions is None else json.dumps(list(blind_versions))
+                        ),
                         "created_at": created,
                     }
                 )

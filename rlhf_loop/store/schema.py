@@ -222,7 +222,26 @@ def _v4_quality(db: sqlite_utils.Database) -> None:
     db["flag_reviews"].create_index(["ranking_id"], unique=True)
 
 
-MIGRATIONS: list[Migration] = [_v1_labeling, _v2_jobs, _v3_live_policy, _v4_quality]
+def _v5_adoption(db: sqlite_utils.Database) -> None:
+    """Policies judged by people before they serve: a candidate's adoption state, and the blind
+    comparison items that mix two versions' responses."""
+    # 'candidate' (shown only in blind items), 'adopted' or 'rejected'; NULL for versions made
+    # before this migration, which were adopted by being made live.
+    db["model_versions"].add_column("adoption", str)
+    # JSON [a, b]: the two policy versions whose responses this item mixes; NULL otherwise.
+    db["comparisons"].add_column("blind_versions", str)
+    db.execute(
+        "CREATE INDEX idx_comparisons_blind ON comparisons(id) WHERE blind_versions IS NOT NULL"
+    )
+
+
+MIGRATIONS: list[Migration] = [
+    _v1_labeling,
+    _v2_jobs,
+    _v3_live_policy,
+    _v4_quality,
+    _v5_adoption,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

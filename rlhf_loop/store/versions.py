@@ -28,9 +28,11 @@ def register_version(
     metrics: dict[str, Any],
     parent_id: int | None = None,
     live: bool = False,
+    adoption: str | None = None,
 ) -> int:
     """Call after the artefact's directory is complete (renamed into place). A policy registered
-    ``live`` becomes the one the sampler serves, in the same transaction."""
+    ``live`` becomes the one the sampler serves, in the same transaction; one registered as a
+    ``"candidate"`` serves only in blind comparison items until people prefer it."""
     with write_txn(db):
         if live:
             _clear_live(db, base_model)
@@ -45,12 +47,15 @@ def register_version(
                     "metrics": json.dumps(metrics, sort_keys=True),
                     "parent_id": parent_id,
                     "live": int(live),
+                    "adoption": adoption,
                     "created_at": now(),
                 }
             )
             .last_pk
         )
-        log_event(db, "model_registered", model_kind=kind, version=version, live=live)
+        log_event(
+            db, "model_registered", model_kind=kind, version=version, live=live, adoption=adoption
+        )
     return row_id
 
 
