@@ -1,0 +1,101 @@
+"""The reward model's held-out accuracy as evidence: an interval and a count, not a bare number.
+
+Accuracy is pairwise over strict pairs (ties excluded), as ``losses.pairwise_accuracy`` counts it
+per held-out ranking: ``(correct, total)``, correct possibly holding half credits. 0.78 on 19 pairs
+and 0.78 on 900 pairs are different claims; the interval says which one was made.
+
+The interval is a percentile bootstrap over held-out *rankings* (``rlhf_loop.arena.resample``),
+each resample's accuracy the ratio of its summed correct over its summed pairs, so a ranking with
+many pairs weighs as much as its pairs and the pairs of one ranking move together. Rankings with
+no strict pair (a single response, or all ties) carry no information about accuracy and are left
+out before resampling, so every resample has pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from rlhf_loop.arena.resample import percentile_interval, resample_indices
+
+# "Too few to mean anything": under 30 pairs the bootstrap interval itself is unreliable (too few
+# distinct resamples, and the percentile method is too narrow on small samples), and an interval
+# wider than 0.3 cannot tell a useful model (~0.7) from chance (0.5) whatever its centre.
+MIN_PAIRS = 30
+MAX_WIDTH = 0.3
+
+
+@dataclass(frozen=True)
+class AccuracyEvidence:
+    """Held-out pairwise accuracy with the evidence under it; figures None without pairs."""
+
+    accuracy: float | None
+    interval: tuple[float, float] | None
+    pairs: int  # strict (informative) pairs
+    rankings: int  # held-out rankings holding at least one strict pair
+
+
+def accuracy_interval(
+    per_ranking: Sequence[tuple[float, int]], samples: int = 2000, seed: int = 0
+) -> AccuracyEvidence:
+    """Pairwise accuracy over held-out rankings with a 95% percentile bootstrap interval."""
+    # step 1: keep the rankings that have a strict pair; the others say nothing about accuracy
+    informative = [(c, t) for c, t in per_ranking if t > 0]
+    if not informative:
+        return AccuracyEvidence(None, None, 0, 0)
+    correct, total = np.array(informative, dtype=np.float64).T
+    # step 2: resample rankings with replacement; each resample's accuracy is a ratio of sums
+    indices = resample_indices(len(informative), samples, seed)
+    resampled = correct[indices].sum(axis=1) / total[indices].sum(axis=1)
+    # step 3: the point estimate is the same ratio on all held-out rankings
+    return AccuracyEvidence(
+        accuracy=float(correct.sum() / total.sum()),
+        interval=percentile_interval(resampled),
+        pairs=int(total.sum()),
+        rankings=len(informative),
+    )
+
+
+def enough_evidence(
+    evidence: AccuracyEvidence, min_pairs: int = MIN_PAIRS, max_width: float = MAX_WIDTH
+) -> bool:
+    """False means "too few to mean anything": show the figure greyed, never as a result."""
+    if evidence.interval is None or evidence.pairs < min_pairs:
+        return False
+    low, high = evidence.interval
+    return high - low <= max_width
+
+
+def passes_gate(interval: tuple[float, float] | None) -> bool:
+    """The model beats chance on held-out rankings: the interval's lower end is above 0.5."""
+    return interval is not None and interval[0] > 0.5
+
+
+def rankings_needed(
+    accuracy: float | None,
+    pairs_per_ranking: float,
+    heldout_fraction: float,
+    existing_rankings: int,
+    z: float = 1.96,
+) -> int | None:
+    """How many more rankings (all, not only held-out) would likely lift the lower bound over 0.5.
+
+    Normal approximation at the current accuracy p: the lower bound p - z·sqrt(p(1-p)/n) exceeds
+    0.5 once n ≥ z²·p(1-p)/(p-0.5)² pairs. Pairs of one ranking are correlated, so this reads
+    "likely", a floor rather than a promise. None when p ≤ 0.5 (or unknown): a model at or below
+    chance does not get past the gate with more data, only with a better model (and the interval
+    then says so more precisely).
+    """
+    if accuracy is None or accuracy <= 0.5:
+        return None
+    if pairs_per_ranking <= 0 or not 0 < heldout_fraction <= 1:
+        raise ValueError("pairs_per_ranking must be > 0 and heldout_fraction in (0, 1]")
+    # step 1: strict pairs needed so the half-width is smaller than the margin over chance
+    pairs = z**2 * accuracy * (1 - accuracy) / (accuracy - 0.5) ** 2
+    # step 2: held-out rankings giving that many pairs, then all rankings given the held-out share
+    total = pairs / pairs_per_ranking / heldout_fraction
+    # step 3: minus what exists already
+    return max(0, math.ceil(total) - existing_rankings)
