@@ -55,7 +55,12 @@ def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
             "seconds": round(row["seconds"], 3),
             "created_at": row["created_at"],
             "responses": [
-                {"generation_id": g["id"], "text": g["text"], "rank": r}
+                {
+                    "generation_id": g["id"],
+                    "text": g["text"],
+                    "rank": r,
+                    "policy_version": g["policy_version"],  # blind items mix two versions
+                }
                 for g, r in zip(generations, ranks, strict=True)
             ],
         }

@@ -53,11 +53,14 @@ class Response:
 
 @dataclass(frozen=True)
 class Task:
-    """One comparison as an annotator sees it: the prompt and K responses in display order."""
+    """One comparison as an annotator sees it: the prompt and K responses in display order.
+
+    Nothing in it names a policy version: blind items compare versions, so what the page is
+    handed must not tell them apart.
+    """
 
     comparison_id: int
     prompt: str
-    policy_version: int
     responses: list[Response]
     served_at: float
 
@@ -73,7 +76,7 @@ def load_task(db: sqlite_utils.Database, comparison_id: int, served_at: float) -
         Response(g["id"], g["text"], g["token_count"], bool(g["finished"]))
         for g in comparison_generations(db, comparison["generation_ids"])
     ]
-    return Task(comparison_id, prompt["text"], comparison["policy_version"], responses, served_at)
+    return Task(comparison_id, prompt["text"], responses, served_at)
 
 
 def _open_assignment(db: sqlite_utils.Database, annotator: int) -> tuple[int, float] | None:
