@@ -19,9 +19,7 @@ from rlhf_loop.sampler import LivePolicy, SamplingParams, sample_responses
 from rlhf_loop.store.generations import Sample, add_comparisons
 
 
-def blind_count(
-    db: sqlite_utils.Database, pair: tuple[int, int], batch: int, share: float
-) -> int:
+def blind_count(db: sqlite_utils.Database, pair: tuple[int, int], batch: int, share: float) -> int:
     """How many of the next ``batch`` items should be blind, so that blind items make up
     ``share`` of the items sampled since the newer of the two versions appeared (rounding is
     carried over from batch to batch, so the share is exact in the long run)."""

@@ -147,9 +147,7 @@ def _figures(standing: Standing) -> dict[str, Any]:
     }
 
 
-def decide(
-    db: sqlite_utils.Database, settings: Settings, min_pairs: int = MIN_PAIRS
-) -> list[str]:
+def decide(db: sqlite_utils.Database, settings: Settings, min_pairs: int = MIN_PAIRS) -> list[str]:
     """Apply what people's rankings now say; returns one line per decision taken."""
     live = live_policy(db, settings.model)
     candidate = pending_candidate(db, settings.model)

@@ -105,6 +105,4 @@ def supersede_candidates(db: sqlite_utils.Database, base_model: str, by_version:
         [base_model, CANDIDATE, by_version],
     ):
         db["model_versions"].update(row["id"], {"adoption": REJECTED})
-        log_event(
-            db, "policy_rejected", version=row["version"], by=f"superseded by v{by_version}"
-        )
+        log_event(db, "policy_rejected", version=row["version"], by=f"superseded by v{by_version}")
