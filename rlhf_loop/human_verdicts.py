@@ -42,6 +42,10 @@ from rlhf_loop.store.versions import list_versions, live_policy
 
 Ranking = list[tuple[int, int]]
 BOOTSTRAP_SAMPLES = 1000
+# The bootstrap resamples rankings, and the pairs inside one ranking move together: six
+# unanimous rankings make 24 pairs and a zero-width interval. No verdict rests on fewer
+# rankings than this, however many pairs they hold.
+MIN_RANKINGS = 10
 
 
 def blind_ranking_count(db: sqlite_utils.Database) -> int:
@@ -85,6 +89,7 @@ class Standing:
     win_vs_parent_interval: tuple[float, float] | None
     pairs: int  # cross-version pairs this version took part in
     parent_pairs: int  # of those, against its parent directly
+    parent_rankings: int  # rankings holding those
     verdict: str  # against its parent (a candidate's parent is the version live when it was made)
 
 
@@ -113,12 +118,14 @@ def standings(
         parent = by_id.get(row["parent_id"], {}).get("version")
         pairs = 0 if boot is None else boot.evidence.get(row["version"], (0, 0))[0]
         vs_base = vs_parent = (None, None)
-        parent_pairs = 0
+        direct = None
         if boot is not None and row["version"] in boot.versions:
             vs_base = _win(boot, row["version"], base if base != row["version"] else None)
             if parent is not None and parent in boot.versions:
                 vs_parent = _win(boot, row["version"], parent)
-                parent_pairs = direct_comparisons(rankings, row["version"], parent).pairs
+                direct = direct_comparisons(rankings, row["version"], parent)
+        parent_pairs = 0 if direct is None else direct.pairs
+        parent_rankings = 0 if direct is None else direct.rankings
         result.append(
             Standing(
                 version=row["version"],
@@ -131,7 +138,12 @@ def standings(
                 win_vs_parent_interval=vs_parent[1],
                 pairs=pairs,
                 parent_pairs=parent_pairs,
-                verdict=verdict(vs_parent[1], min_pairs, parent_pairs),
+                parent_rankings=parent_rankings,
+                verdict=(
+                    verdict(vs_parent[1], min_pairs, parent_pairs)
+                    if parent_rankings >= MIN_RANKINGS
+                    else NO_EVIDENCE
+                ),
             )
         )
     return result
@@ -143,6 +155,7 @@ def _figures(standing: Standing) -> dict[str, Any]:
         "win_rate": standing.win_vs_parent,
         "interval": None if interval is None else list(interval),
         "pairs": standing.parent_pairs,
+        "rankings": standing.parent_rankings,
         "against": standing.parent,
     }
 

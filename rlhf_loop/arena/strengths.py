@@ -39,6 +39,7 @@ REFERENCE = "reference"  # the reference's own row: it is not compared with itse
 # The percentile bootstrap is too narrow on small samples (a handful of pairs that all went one
 # way gives a zero-width interval), so no verdict is read from fewer pairs than this.
 MIN_PAIRS = 20
+_ROUNDING = 1e-9
 
 
 @dataclass(frozen=True)
@@ -170,9 +171,10 @@ def verdict(interval: tuple[float, float] | None, min_pairs: int, pairs: int) ->
     """
     if interval is None or pairs < min_pairs:
         return NO_EVIDENCE
-    if interval[0] > 0.5:
+    # rounding: all-tie data fits a win rate of 0.5 to within 1e-12, either side of it
+    if interval[0] > 0.5 + _ROUNDING:
         return BETTER
-    if interval[1] < 0.5:
+    if interval[1] < 0.5 - _ROUNDING:
         return WORSE
     return NO_EVIDENCE
 
