@@ -1,14 +1,17 @@
-"""The whole online loop driven by a simulated annotator, for the learning test and benchmark.
+"""The whole online loop driven by a simulated annotator, for the learning test and benchmarks.
 
-Each iteration: the live policy samples ranking tasks, the simulated annotator ranks them
-through the Rank page's store calls, then the worker's two jobs run in turn: a reward-model
-retrain on all rankings so far and a PPO round. After each iteration the oracle (the hidden
-preference) scores the live policy's samples on held-out prompts, which the loop never trained
-on; the KL to the reference comes from the round's own held-out evaluation.
+Each iteration does what the worker and the annotators do: the live policy samples ranking tasks
+(some of them blind items mixing two versions, at ``eval_share``), the simulated annotator ranks
+them through the Rank page's store calls, people's verdict promotes or rejects a candidate (or
+rolls a live version back), the reward model retrains on all rankings so far and, when it passes
+its gate, a PPO round makes the next version (a candidate, or live at once under immediate
+adoption). The oracle (the hidden preference) scores every version on held-out prompts the loop
+never trained on; the KL to the reference comes from each round's own held-out evaluation.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,15 +19,18 @@ from dataclasses import dataclass, field
 import sqlite_utils
 import torch
 
+from rlhf_loop.blind_items import add_blind_items, blind_count
 from rlhf_loop.config import Settings
+from rlhf_loop.human_verdicts import decide
 from rlhf_loop.job_runner import JobContext
 from rlhf_loop.ppo.round import run_ppo_round, split_prompts
 from rlhf_loop.reward.job import run_train_reward
 from rlhf_loop.sampler import LivePolicy, SamplingParams, sample_responses
 from rlhf_loop.simulate import Oracle, SimulatedAnnotator, annotate
 from rlhf_loop.store import jobs
+from rlhf_loop.store.adoption import blind_pair
 from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
-from rlhf_loop.store.versions import live_policy
+from rlhf_loop.store.versions import list_versions, live_policy
 
 SCORING_SAMPLES = 4  # per held-out prompt, for the oracle's score
 # Settings under which the demo model learns within a minute or two on a laptop CPU.
@@ -50,9 +56,13 @@ DEMO_LOOP_SETTINGS = {
 
 @dataclass
 class LoopCurve:
-    oracle_scores: list[float] = field(default_factory=list)  # before, then after each iteration
-    kl: list[float] = field(default_factory=list)  # per iteration, to the reference
+    oracle_scores: list[float] = field(default_factory=list)  # live: before, then per iteration
+    kl: list[float] = field(default_factory=list)  # per round run, to the reference
     rankings: list[int] = field(default_factory=list)
+    live_versions: list[int] = field(default_factory=list)  # before, then per iteration
+    # every version the loop made or served: its oracle mean and standard error, held-out
+    version_scores: dict[int, tuple[float, float]] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)  # verdicts, gated rounds, in order
 
 
 class _Quiet:
@@ -60,27 +70,46 @@ class _Quiet:
         pass
 
 
-def oracle_score(
-    policy: LivePolicy,
-    db: sqlite_utils.Database,
-    settings: Settings,
-    oracle: Oracle,
-    prompts: list[str],
-) -> float:
-    """Mean hidden-preference score of the live policy's samples (a fixed seed)."""
-    model, tokenizer, _ = policy.current(live_policy(db, settings.model))
+def oracle_scores(
+    model, tokenizer, oracle: Oracle, prompts: list[str], max_new_tokens: int
+) -> list[float]:
+    """The hidden preference's score of each of a model's samples (a fixed seed), held-out."""
     torch.manual_seed(1234)
-    params = SamplingParams(SCORING_SAMPLES, 1.0, 1.0, 0, settings.max_new_tokens)
+    params = SamplingParams(SCORING_SAMPLES, 1.0, 1.0, 0, max_new_tokens)
     groups = sample_responses(model, tokenizer, prompts, params)
-    return statistics.fmean(
-        oracle.score(p, s.text) for p, g in zip(prompts, groups, strict=True) for s in g
-    )
+    return [oracle.score(p, s.text) for p, g in zip(prompts, groups, strict=True) for s in g]
+
+
+def _score_version(
+    curve: LoopCurve, policy: LivePolicy, db, settings: Settings, oracle: Oracle, prompts, row
+) -> float:
+    live_model, tokenizer, served = policy.current(live_policy(db, settings.model))
+    model = live_model if row["version"] == served else policy.other(row)
+    scores = oracle_scores(model, tokenizer, oracle, prompts, settings.max_new_tokens)
+    mean = statistics.fmean(scores)
+    curve.version_scores[row["version"]] = (mean, statistics.stdev(scores) / len(scores) ** 0.5)
+    return mean
 
 
 def _run_job(db, settings: Settings, kind: str, run: Callable, policy_path: str) -> dict:
     jobs.enqueue(db, kind, {"reason": "simulated loop"})
     job = jobs.claim(db, "simulated-loop", settings.lease_timeout_s)
     return run(JobContext(db, settings, job, _Quiet(), policy_path))  # ends the job as done
+
+
+def _sample_items(db, settings: Settings, policy: LivePolicy, params, n: int, seed: int) -> None:
+    """n new items from the live policy, ``eval_share`` of them blind when two versions exist:
+    what the worker's queue top-up does."""
+    live = live_policy(db, settings.model)
+    model, tokenizer, version = policy.current(live)
+    batch = prompts_to_sample(db, version, n)
+    pair = blind_pair(db, settings.model) if settings.eval_share > 0 else None
+    if pair is not None:
+        count = blind_count(db, (pair[0]["version"], pair[1]["version"]), n, settings.eval_share)
+        add_blind_items(db, policy, live, pair, batch[:count], params, random.Random(seed))
+        batch = batch[count:]
+    samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
+    add_comparisons(db, version, [i for i, _ in batch], samples, params.record(settings.model))
 
 
 def run_loop(
@@ -91,25 +120,41 @@ def run_loop(
     iterations: int,
     rankings_per_iteration: int,
     on_iteration: Callable[[int, LoopCurve], None] | None = None,
+    force_rounds: bool = False,
+    annotate_items: Callable[[sqlite_utils.Database, int], object] | None = None,
 ) -> LoopCurve:
-    """Rank -> reward model -> PPO, ``iterations`` times, on the prompts already in ``db``."""
+    """Rank -> people's verdict -> reward model -> PPO, ``iterations`` times, on the prompts
+    already in ``db``, as the worker would run it. A round runs when the reward model passes
+    its gate, or always with ``force_rounds`` (an operator pressing the button).
+    ``annotate_items(db, n)`` replaces the default annotator (e.g. one who judges blind items
+    by another preference than ordinary ones)."""
     _, held_out = split_prompts(db, settings)
     policy = LivePolicy(policy_path, settings.device, settings.dtype)
     params = SamplingParams.from_settings(settings)
-    curve = LoopCurve(
-        oracle_scores=[oracle_score(policy, db, settings, annotator.oracle, held_out)]
-    )
+    oracle = annotator.oracle
+    curve = LoopCurve()
+    live = live_policy(db, settings.model)
+    curve.oracle_scores.append(_score_version(curve, policy, db, settings, oracle, held_out, live))
+    curve.live_versions.append(live["version"])
+    rank = annotate_items or (lambda db, n: annotate(db, "simulated", annotator, n))
     for iteration in range(1, iterations + 1):
-        model, tokenizer, version = policy.current(live_policy(db, settings.model))
-        batch = prompts_to_sample(db, version, rankings_per_iteration)
-        samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
-        add_comparisons(db, version, [i for i, _ in batch], samples, params.record(settings.model))
-        annotate(db, "simulated", annotator, rankings_per_iteration)
-        _run_job(db, settings, "train_reward", run_train_reward, policy_path)
-        result = _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
-        curve.kl.append(result["kl_after"])
+        _sample_items(db, settings, policy, params, rankings_per_iteration, iteration)
+        rank(db, rankings_per_iteration)
+        curve.events += decide(db, settings)
+        reward = _run_job(db, settings, "train_reward", run_train_reward, policy_path)
+        if reward["ppo_gate"]["passed"] or force_rounds:
+            result = _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
+            curve.kl.append(result["kl_after"])
+            made = next(r for r in list_versions(db, "policy") if r["version"] == result["version"])
+            _score_version(curve, policy, db, settings, oracle, held_out, made)
+        else:
+            curve.events.append(f"no round: {reward['ppo_gate']['reason']}")
         curve.rankings.append(db["rankings"].count)
-        curve.oracle_scores.append(oracle_score(policy, db, settings, annotator.oracle, held_out))
+        live = live_policy(db, settings.model)
+        curve.live_versions.append(live["version"])
+        curve.oracle_scores.append(
+            _score_version(curve, policy, db, settings, oracle, held_out, live)
+        )
         if on_iteration:
             on_iteration(iteration, curve)
     return curve
