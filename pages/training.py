@@ -1,17 +1,37 @@
 """Training page (operators): start retrains and PPO rounds, watch them live, compare versions."""
 
+from typing import Any
+
+import altair as alt
+import pandas as pd
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings, show_worker_state
+from rlhf_loop.arena.strengths import BETTER, MIN_PAIRS, NO_EVIDENCE
+from rlhf_loop.human_verdicts import MIN_RANKINGS, Standing, blind_ranking_count, standings
 from rlhf_loop.reports import (
     PPO_CURVES,
     jobs_table,
     metric_columns,
     policy_samples,
     policy_versions_table,
+    reward_accuracy_points,
     reward_versions_table,
     running_job,
 )
+from rlhf_loop.reports_verdicts import (
+    StaleDecision,
+    adoption_events,
+    candidate_view,
+    decide_candidate,
+    overoptimisation_check,
+    overoptimisation_points,
+    overoptimisation_table,
+    scored_by_several_reward_models,
+    verdict_fingerprint,
+    verdict_rows,
+)
+from rlhf_loop.store.db import StoreError
 from rlhf_loop.store.jobs import enqueue
 from rlhf_loop.store.versions import set_live_policy
 
@@ -35,8 +55,23 @@ schedule = (
     if every
     else "Automatic retraining is off"
 )
-follow = "; a PPO round follows each retrain." if config.ppo_after_reward else "."
+follow = (
+    "; a PPO round follows each retrain whose held-out accuracy passes the gate."
+    if config.ppo_after_reward
+    else "."
+)
 note_col.caption(schedule + follow)
+if config.policy_adoption == "human":
+    note_col.caption(
+        "Run a PPO round now skips the reward model's gate, and is safe: under policy_adoption = "
+        "human it only makes a candidate, shown in blind items until people (or you) decide; it "
+        "replaces a candidate still pending."
+    )
+else:
+    note_col.caption(
+        "Run a PPO round now skips the reward model's gate, and under policy_adoption = "
+        "immediate its result goes live at once, before anyone has judged it."
+    )
 
 
 def export_zip(version_dir: str, merged: bool) -> bytes:
@@ -64,6 +99,50 @@ def curve_grid(job: dict) -> None:
             )
 
 
+PROXY, GOLD = "#e45756", "#4c78a8"
+
+
+def accuracy_chart(points: list[dict[str, Any]]) -> alt.LayerChart:
+    """Each reward model's held-out pairwise accuracy with its interval; dashed: chance."""
+    base = alt.Chart(pd.DataFrame(points)).encode(
+        x=alt.X("version:O", title="reward-model version"),
+        tooltip=["version", "accuracy", "low", "high", "pairs"],
+    )
+    title = "held-out accuracy"
+    return alt.layer(
+        base.mark_rule(color=GOLD).encode(y=alt.Y("low:Q", title=title), y2="high:Q"),
+        base.mark_point(filled=True, color=GOLD).encode(
+            y=alt.Y("accuracy:Q", title=title, scale=alt.Scale(domain=[0, 1]))
+        ),
+        alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0.5)),
+    ).properties(height=220)
+
+
+def overoptimisation_chart(points: list[dict[str, Any]], x: str) -> alt.LayerChart:
+    """Proxy (reward-model score) and gold (blind win rate vs the base, with its interval) on
+    independent axes, against KL to the reference or per version."""
+    data = pd.DataFrame(points)
+    x_axis = (
+        alt.X("kl:Q", title="KL to the reference (nats/response)")
+        if x == "kl"
+        else alt.X("version:O", title="policy version")
+    )
+    base = alt.Chart(data).encode(
+        x=x_axis, tooltip=["version", "reward", "kl", "win", "low", "high", "pairs"]
+    )
+    gold_title = "human win rate vs base"
+    gold_y = alt.Y("win:Q", title=gold_title, scale=alt.Scale(domain=[0, 1]))
+    proxy = base.mark_line(point=True, color=PROXY).encode(
+        y=alt.Y("reward:Q", title="reward-model score")
+    )
+    gold = alt.layer(
+        base.mark_rule(color=GOLD).encode(y=alt.Y("low:Q", title=gold_title), y2="high:Q"),
+        base.mark_point(filled=True, size=60, color=GOLD).encode(y=gold_y),
+        alt.Chart().mark_rule(strokeDash=[4, 4], color=GOLD).encode(y=alt.datum(0.5)),
+    )
+    return alt.layer(proxy, gold).resolve_scale(y="independent").properties(height=260)
+
+
 @st.fragment(run_every=2.0)
 def live() -> None:
     """Worker state and the running job's curves, refreshed every two seconds."""
@@ -88,22 +167,138 @@ def live() -> None:
 
 live()
 
+
+@st.cache_data(max_entries=8, show_spinner="Reading people's verdict from the blind rankings…")
+def cached_standings(
+    db_path: str, fingerprint: tuple, base_model: str, min_pairs: int, _db: Any
+) -> list[Standing]:
+    """The bootstrap behind the standings (~0.1 s per thousand resamples) is refitted only when
+    the blind rankings or the versions changed: ``fingerprint`` is the cache key."""
+    return standings(_db, base_model, min_pairs)
+
+
+DECISION = "_adoption_decision"
+
+
+def decide(action: str, version: int, figures: dict[str, Any]) -> None:
+    """Button callback, run with the version and figures of the page the operator clicked on;
+    the store checks that this is still the pending candidate before acting."""
+    try:
+        message = decide_candidate(
+            database(), settings().model, version, action, st.session_state["operator"], figures
+        )
+    except StaleDecision as exc:
+        st.session_state[DECISION] = ("error", str(exc))
+    except (ValueError, StoreError) as exc:
+        st.session_state[DECISION] = ("error", f"Nothing was done: {exc}")
+    else:
+        st.session_state[DECISION] = ("success", message)
+
+
+def show_candidate(standing_list: list[Standing]) -> None:
+    """The pending candidate, its figures, the comparisons left and the operator's buttons."""
+    outcome = st.session_state.pop(DECISION, None)
+    if outcome is not None:
+        (st.error if outcome[0] == "error" else st.success)(outcome[1])
+    view = candidate_view(db, config, standing_list)
+    if view is None:
+        st.caption("No candidate awaits a verdict.")
+        return
+    n, s = view.version, view.standing
+    with st.container(border=True):
+        st.markdown(f"**Candidate v{n}**")
+        st.text(
+            f"v{n} serves only in blind items against the live version v{view.live_version}, "
+            "never on its own; annotators are not told which response is whose.\n"
+            f"Now: {view.summary()}."
+        )
+        if view.undecided:
+            st.warning(
+                f"People have not decided on v{n} within eval_max_comparisons = "
+                f"{config.eval_max_comparisons} blind pairs ({s.parent_pairs} so far, no "
+                "evidence either way): the decision is yours. Promote or reject it."
+            )
+        elif not view.parent_is_live:
+            st.warning(
+                f"v{n} was made from v{s.parent}, which no longer serves (v{view.live_version} "
+                f"does): its verdict is against v{s.parent}, so it is not applied automatically. "
+                "Decide it yourself."
+            )
+        elif s.verdict != NO_EVIDENCE:
+            st.info(
+                f"People's verdict is {s.verdict!r}; the worker applies it when it next reads "
+                "the blind rankings, or decide now."
+            )
+        else:
+            st.info(
+                f"The comparison budget allows {view.comparisons_left} more blind pairs against "
+                f"v{s.parent} (eval_max_comparisons = {config.eval_max_comparisons}) before the "
+                "decision is left to you. You may decide at any time."
+            )
+        promote_col, reject_col, _ = st.columns([1, 1, 2])
+        promote_col.button(
+            f"Promote v{n}",
+            key=f"promote-{n}",
+            on_click=decide,
+            args=("promote", n, view.figures),
+            type="primary" if s.verdict == BETTER else "secondary",
+            icon=":material/check_circle:",
+        )
+        reject_col.button(
+            f"Reject v{n}",
+            key=f"reject-{n}",
+            on_click=decide,
+            args=("reject", n, view.figures),
+            icon=":material/cancel:",
+        )
+
+
+st.subheader("People's verdict")
+blind_count = blind_ranking_count(db)
+if config.policy_adoption == "human":
+    adoption_note = (
+        "policy_adoption = human: a finished PPO round is a candidate until people prefer it "
+        "to the live version (or you decide)."
+    )
+else:
+    adoption_note = (
+        "policy_adoption = immediate: a finished PPO round goes live at once; blind items then "
+        "compare it with its parent"
+        + (", and it is rolled back if people prefer the parent." if config.auto_rollback else ".")
+    )
+st.caption(
+    f"{blind_count} blind rankings so far (items mixing two versions' responses; annotators are "
+    f"not told which is whose). eval_share = {config.eval_share:.0%} of new items are blind once "
+    "a second version exists. Win rates count a tie as half, with 95% bootstrap intervals over "
+    f"rankings; no verdict from fewer than {MIN_PAIRS} pairs or {MIN_RANKINGS} rankings. "
+    + adoption_note
+)
+standing_list = cached_standings(
+    str(config.resolved_db_path),
+    verdict_fingerprint(db, config.model),
+    config.model,
+    MIN_PAIRS,
+    db,
+)
+if standing_list:
+    st.dataframe(verdict_rows(standing_list), hide_index=True)
+    show_candidate(standing_list)
+else:
+    st.caption("No policy version yet.")
+
 st.subheader("Reward-model versions")
 versions = reward_versions_table(db)
 if not versions:
     st.caption("No reward model yet: rank some items, then train.")
 else:
-    st.dataframe(versions, hide_index=True)
-    chronological = versions[::-1]
-    st.line_chart(
-        {
-            "version": [v["version"] for v in chronological],
-            "pairwise accuracy": [v["pairwise accuracy"] for v in chronological],
-            "3-way accuracy": [v["3-way accuracy"] for v in chronological],
-        },
-        x="version",
-        y=["pairwise accuracy", "3-way accuracy"],
+    st.caption(
+        "Pairwise accuracy on held-out rankings (ties excluded) with its 95% bootstrap interval "
+        "and the pairs it rests on; 'too few to mean anything' marks versions whose evidence "
+        "cannot tell a useful model from chance. An automatic PPO round follows a retrain only "
+        "through the gate: the interval's lower end above 0.5."
     )
+    st.dataframe(versions, hide_index=True)
+    st.altair_chart(accuracy_chart(reward_accuracy_points(db)), width="stretch")
     last_job = next((j for j in jobs_table(db) if j["kind"] == "train_reward"), None)
     if last_job:
         st.caption(f"Loss curve of job {last_job['job']}")
@@ -116,6 +311,16 @@ policies = policy_versions_table(db)
 if not policies:
     st.caption("No policy yet: the worker registers the base model as version 0 when it starts.")
 else:
+    budget = (
+        f"A round stops when KL to the reference passes ppo_kl_budget = {config.ppo_kl_budget} "
+        "and keeps the weights from before that step ('stopped early')."
+        if config.ppo_kl_budget
+        else "No KL budget (ppo_kl_budget = 0)."
+    )
+    st.caption(
+        "Held-out reward is the reward model's mean score over the held-out prompts counted "
+        "beside it, a proxy: only the people's verdict above says a version got better. " + budget
+    )
     st.dataframe(policies, hide_index=True)
     last_round = next((j for j in jobs_table(db) if j["kind"] == "ppo_round"), None)
     if last_round:
@@ -166,3 +371,37 @@ else:
                 with column.container(border=True):
                     st.caption(f"v{version}")
                     st.text(samples[version][prompt] or "(empty response)")
+
+
+st.subheader("Over-optimisation")
+points = overoptimisation_points(db, config.model, standing_list)
+if not any(p["reward"] is not None for p in points):
+    st.caption("No PPO round yet: nothing to compare.")
+else:
+    st.caption(
+        "PPO climbs the reward model's score (the proxy, red, left axis); only people's blind "
+        "win rate against the base (gold, blue with its 95% interval, right axis; dashed: as "
+        "good as the base) says whether answers got better. When the proxy rises with KL and the "
+        "gold does not, the policy is exploiting the reward model (Gao et al. 2022)."
+    )
+    kl_col, version_col = st.columns(2)
+    with kl_col:
+        st.altair_chart(overoptimisation_chart(points, "kl"), width="stretch")
+    with version_col:
+        st.altair_chart(overoptimisation_chart(points, "version"), width="stretch")
+    warning = overoptimisation_check(points)
+    if warning:
+        st.warning(warning)
+    if scored_by_several_reward_models(points):
+        st.caption(
+            "These versions were scored by different reward models, whose scales may differ: "
+            "read a change in score across them with care."
+        )
+    st.dataframe(overoptimisation_table(points), hide_index=True)
+
+st.subheader("Adoption events")
+events = adoption_events(db)
+if events:
+    st.dataframe(events, hide_index=True)
+else:
+    st.caption("No promotion, rejection, undecided candidate or gated PPO round yet.")
