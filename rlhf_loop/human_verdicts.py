@@ -149,7 +149,8 @@ def standings(
     return result
 
 
-def _figures(standing: Standing) -> dict[str, Any]:
+def verdict_figures(standing: Standing) -> dict[str, Any]:
+    """What a decision about ``standing`` is recorded with: the evidence against its parent."""
     interval = standing.win_vs_parent_interval
     return {
         "win_rate": standing.win_vs_parent,
@@ -179,7 +180,7 @@ def decide(db: sqlite_utils.Database, settings: Settings, min_pairs: int = MIN_P
 def _judge_candidate(
     db: sqlite_utils.Database, settings: Settings, standing: Standing, live: dict[str, Any]
 ) -> list[str]:
-    figures = _figures(standing)
+    figures = verdict_figures(standing)
     if standing.parent != live["version"]:
         # made from a version that is no longer live (an operator rolled back meanwhile): its
         # comparisons are against its parent, which does not say it beats what serves now
@@ -198,7 +199,7 @@ def _judge_candidate(
 def _judge_live(db: sqlite_utils.Database, standing: Standing) -> list[str]:
     if standing.verdict != WORSE or standing.adoption == REJECTED:
         return []
-    reject(db, standing.version, "people (auto rollback)", _figures(standing))
+    reject(db, standing.version, "people (auto rollback)", verdict_figures(standing))
     return [f"v{standing.version} rolled back to v{standing.parent}: people prefer the parent"]
 
 

@@ -20,7 +20,7 @@ import sqlite_utils
 
 from rlhf_loop.arena.degeneration import VersionSignal, overoptimisation_warning
 from rlhf_loop.config import Settings
-from rlhf_loop.human_verdicts import Standing, undecided
+from rlhf_loop.human_verdicts import Standing, undecided, verdict_figures
 from rlhf_loop.reports import interval_text
 from rlhf_loop.store.adoption import pending_candidate, promote, reject
 from rlhf_loop.store.db import write_txn
@@ -105,16 +105,7 @@ class CandidateView:
     @property
     def figures(self) -> dict[str, Any]:
         """Recorded with a promote/reject: what the operator saw when deciding."""
-        s = self.standing
-        interval = s.win_vs_parent_interval
-        return {
-            "win_rate": s.win_vs_parent,
-            "interval": None if interval is None else list(interval),
-            "pairs": s.parent_pairs,
-            "rankings": s.parent_rankings,
-            "against": s.parent,
-            "verdict": s.verdict,
-        }
+        return verdict_figures(self.standing) | {"verdict": self.standing.verdict}
 
     def summary(self) -> str:
         s = self.standing

@@ -69,3 +69,19 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("RLHF_LOOP_AUTO_START_WORKER", "false")
     return tmp_path
+
+
+@pytest.fixture
+def trained(tmp_path: Path, demo_model_path: Path):
+    """A database with 40 oracle rankings and a reward model v1 trained on them."""
+    import torch
+    from job_helpers import job_context
+    from store_helpers import fresh_db, oracle_rankings
+
+    from rlhf_loop.reward.job import run_train_reward
+
+    torch.manual_seed(0)
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 40)
+    run_train_reward(job_context(db, tmp_path, demo_model_path, "train_reward"))
+    return db

@@ -214,15 +214,6 @@ def test_reward_model_above_chance_starts_a_round(tmp_path: Path, demo_model_pat
     assert db["jobs"].count_where("kind = 'ppo_round' AND status = 'queued'") == 1
 
 
-@pytest.fixture
-def trained(tmp_path: Path, demo_model_path: Path):
-    torch.manual_seed(0)
-    db = fresh_db(tmp_path)
-    oracle_rankings(db, 40)
-    run_train_reward(job_context(db, tmp_path, demo_model_path, "train_reward"))
-    return db
-
-
 def test_a_round_under_human_adoption_makes_a_candidate_and_a_newer_one_supersedes_it(
     trained, tmp_path: Path, demo_model_path: Path
 ) -> None:

@@ -19,16 +19,6 @@ from rlhf_loop.store import jobs
 from rlhf_loop.store.versions import live_policy
 
 
-@pytest.fixture
-def trained(tmp_path: Path, demo_model_path: Path):
-    """A database with rankings and a reward model v1."""
-    torch.manual_seed(0)
-    db = fresh_db(tmp_path)
-    oracle_rankings(db, 40)
-    run_train_reward(job_context(db, tmp_path, demo_model_path, "train_reward"))
-    return db
-
-
 def test_round_makes_a_new_live_version_with_metrics(
     trained, tmp_path: Path, demo_model_path: Path
 ) -> None:
