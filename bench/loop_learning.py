@@ -94,10 +94,11 @@ def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
     rows = {s.version: s for s in standings(db, settings.model, 20)}
     versions = {v["version"]: v for v in list_versions(db, "policy")}
     final = rows[curve.live_versions[-1]]
-    judged = [
-        (rows[v].win_vs_base, curve.version_scores[v][0])
+    base = curve.live_versions[0]
+    judged = [  # the base's win rate against itself is 0.5 by definition
+        (0.5 if v == base else rows[v].win_vs_base, curve.version_scores[v][0])
         for v in curve.version_scores
-        if v in rows and rows[v].win_vs_base is not None
+        if v in rows and (v == base or rows[v].win_vs_base is not None)
     ]
     human, oracle = [h for h, _ in judged], [o for _, o in judged]
     spearman = float(spearmanr(human, oracle).statistic) if len(judged) >= 3 else None
@@ -143,7 +144,11 @@ def one_run(args: argparse.Namespace, seed: int) -> dict:
         settings = Settings(
             data_dir=tmp,
             **DEMO_LOOP_SETTINGS
-            | {"policy_adoption": args.adoption, "eval_share": args.eval_share},
+            | {
+                "policy_adoption": args.adoption,
+                "eval_share": args.eval_share,
+                "eval_max_comparisons": args.max_comparisons,
+            },
         )
         db = open_db(settings.resolved_db_path)
         rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(200))]
@@ -173,6 +178,7 @@ def one_run(args: argparse.Namespace, seed: int) -> dict:
             show,
             force_rounds=args.force_rounds,
             annotate_items=rank,
+            reject_undecided=True,
         )
         return {"seed": seed, **summarise(db, settings, curve)}
 
@@ -210,6 +216,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--rankings", type=int, default=64)
     parser.add_argument("--eval-share", type=float, default=0.3)
+    parser.add_argument(
+        "--max-comparisons",
+        type=int,
+        default=160,
+        help="pairs after which the simulated operator rejects a candidate without a verdict",
+    )
     parser.add_argument("--force-rounds", action="store_true", help="run PPO past the gate")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -19,16 +19,17 @@ from dataclasses import dataclass, field
 import sqlite_utils
 import torch
 
+from rlhf_loop.arena.strengths import MIN_PAIRS
 from rlhf_loop.blind_items import add_blind_items, blind_count
 from rlhf_loop.config import Settings
-from rlhf_loop.human_verdicts import decide
+from rlhf_loop.human_verdicts import decide, standings, undecided, verdict_figures
 from rlhf_loop.job_runner import JobContext
 from rlhf_loop.ppo.round import run_ppo_round, split_prompts
 from rlhf_loop.reward.job import run_train_reward
 from rlhf_loop.sampler import LivePolicy, SamplingParams, sample_responses
 from rlhf_loop.simulate import Oracle, SimulatedAnnotator, annotate
 from rlhf_loop.store import jobs
-from rlhf_loop.store.adoption import blind_pair
+from rlhf_loop.store.adoption import blind_pair, pending_candidate, reject
 from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
 from rlhf_loop.store.versions import list_versions, live_policy
 
@@ -112,6 +113,19 @@ def _sample_items(db, settings: Settings, policy: LivePolicy, params, n: int, se
     add_comparisons(db, version, [i for i, _ in batch], samples, params.record(settings.model))
 
 
+def _reject_undecided(db, settings: Settings) -> list[str]:
+    candidate = pending_candidate(db, settings.model)
+    if candidate is None:
+        return []
+    [standing] = [
+        s for s in standings(db, settings.model, MIN_PAIRS) if s.version == candidate["version"]
+    ]
+    if not undecided(standing, settings):
+        return []
+    reject(db, standing.version, "operator (simulated)", verdict_figures(standing))
+    return [f"v{standing.version} rejected by the operator: no verdict within the budget"]
+
+
 def run_loop(
     db: sqlite_utils.Database,
     settings: Settings,
@@ -122,12 +136,15 @@ def run_loop(
     on_iteration: Callable[[int, LoopCurve], None] | None = None,
     force_rounds: bool = False,
     annotate_items: Callable[[sqlite_utils.Database, int], object] | None = None,
+    reject_undecided: bool = False,
 ) -> LoopCurve:
     """Rank -> people's verdict -> reward model -> PPO, ``iterations`` times, on the prompts
     already in ``db``, as the worker would run it. A round runs when the reward model passes
     its gate, or always with ``force_rounds`` (an operator pressing the button).
     ``annotate_items(db, n)`` replaces the default annotator (e.g. one who judges blind items
-    by another preference than ordinary ones)."""
+    by another preference than ordinary ones). ``reject_undecided`` plays the operator who
+    rejects a candidate people could not tell apart within ``eval_max_comparisons``, so the
+    loop moves on instead of waiting."""
     _, held_out = split_prompts(db, settings)
     policy = LivePolicy(policy_path, settings.device, settings.dtype)
     params = SamplingParams.from_settings(settings)
@@ -141,6 +158,8 @@ def run_loop(
         _sample_items(db, settings, policy, params, rankings_per_iteration, iteration)
         rank(db, rankings_per_iteration)
         curve.events += decide(db, settings)
+        if reject_undecided:
+            curve.events += _reject_undecided(db, settings)
         reward = _run_job(db, settings, "train_reward", run_train_reward, policy_path)
         if reward["ppo_gate"]["passed"] or force_rounds:
             result = _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)

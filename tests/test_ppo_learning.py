@@ -36,3 +36,29 @@ def test_loop_raises_the_oracle_score_with_bounded_kl(
     print(f"oracle score per iteration: {curve.oracle_scores}; KL: {curve.kl}")
     assert curve.oracle_scores[-1] > curve.oracle_scores[0] + 0.5  # a word closer to the target
     assert all(kl < 10.0 for kl in curve.kl), curve.kl  # nats per response, against the base
+
+
+def test_loop_under_human_adoption_promotes_the_candidate_people_prefer(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    """The smoke test of bench/loop_learning.py: the round's version is a candidate, blind
+    items compare it with the base, and people's rankings (the oracle's) make it live."""
+    torch.manual_seed(0)
+    settings = Settings(
+        data_dir=str(tmp_path),
+        **DEMO_LOOP_SETTINGS | {"policy_adoption": "human", "eval_share": 0.3},
+    )
+    db = fresh_db(tmp_path)
+    rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(200))]
+    add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "demo")
+    annotator = SimulatedAnnotator(
+        LengthOracle(target_words=5), noise=0.3, tie_threshold=0.5, seed=0
+    )
+    curve = run_loop(db, settings, str(demo_model_path), annotator, 2, 64)
+    print(f"live versions {curve.live_versions}; events {curve.events}")
+    assert curve.live_versions[1] == curve.live_versions[0]  # a candidate does not serve at once
+    assert curve.live_versions[-1] != curve.live_versions[0]
+    assert any("promoted: people prefer it" in e for e in curve.events)
+    new, base = curve.live_versions[-1], curve.live_versions[0]
+    assert curve.version_scores[new][0] > curve.version_scores[base][0]  # the oracle agrees
+    assert db["comparisons"].count_where("blind_versions IS NOT NULL") > 0
