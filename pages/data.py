@@ -19,11 +19,17 @@ config = settings()
 db = database()
 st.title("Data")
 
-counts = st.columns(4)
-for column, table in zip(
-    counts, ["prompts", "generations", "comparisons", "rankings"], strict=True
-):
-    column.metric(table.capitalize(), db[table].count)
+# Drawn here, filled after the imports below have run: a count read before an import is
+# applied lags one import behind.
+counts_slot = st.container()
+
+
+def show_counts() -> None:
+    counts = counts_slot.columns(4)
+    for column, table in zip(
+        counts, ["prompts", "generations", "comparisons", "rankings"], strict=True
+    ):
+        column.metric(table.capitalize(), db[table].count)
 
 
 def import_form(key: str, label: str, types: list[str], store: Callable[[str, bytes], str]) -> None:
@@ -65,6 +71,7 @@ st.caption(
     "(setting gold_every); their answers feed the Dashboard, not the reward model."
 )
 import_form("gold", "Gold file", ["jsonl"], store_gold)
+show_counts()
 
 
 def _export(shape: ExportShape) -> str:
