@@ -214,9 +214,7 @@ def json_object(line: str, number: int) -> dict[str, Any]:
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
-        raise PromptImportError(
-            f"not valid JSON ({error.msg} at column {error.colno})", number
-        ) from None
+        raise PromptImportError(f"not valid JSON: {json_problem(error)}", number) from None
     except (ValueError, RecursionError):
         # Numbers too long for Python's int parser, or nesting deeper than the stack allows.
         raise PromptImportError(
@@ -228,6 +226,45 @@ def json_object(line: str, number: int) -> dict[str, Any]:
         )
     _check_storable(value, number)
     return value
+
+
+# What the json module's terse messages usually mean in a hand-made .jsonl file, in the words of
+# its author. The module's own message ends in " at" where it puts the position itself
+# ("Unterminated string starting at"), so it cannot simply be followed by "at column N".
+_ONE_LINE = " (each record must be one line: write a line break inside a text as \\n)"
+_JSON_PROBLEMS = {
+    "Unterminated string starting at": (
+        "the text in quotes that starts at column {col} is not closed on this line" + _ONE_LINE
+    ),
+    "Invalid control character at": (
+        "a raw tab or other control character inside a text at column {col} (write a tab as "
+        "\\t, a line break as \\n)"
+    ),
+    "Expecting property name enclosed in double quotes": (
+        "expected a field name in double quotes at column {col} (single quotes, or a comma "
+        "before the closing brace?)"
+    ),
+    "Expecting value": "expected a value at column {col} (a text in double quotes, a number, …)",
+    "Expecting ':' delimiter": "expected ':' after the field name at column {col}",
+    "Expecting ',' delimiter": "expected ',' between fields at column {col}",
+    "Extra data": "more text after the end of the object at column {col} (one object per line)",
+    "Invalid \\escape": (
+        "an unknown backslash escape at column {col} (write a backslash itself as two)"
+    ),
+    "Invalid \\uXXXX escape": "a \\u escape without four hex digits at column {col}",
+}
+
+
+def json_problem(error: json.JSONDecodeError) -> str:
+    """The cause of a JSON syntax error, in words, with its column. A text broken over two lines
+    (the usual cause in a hand-edited file) reads as a control character at the line's end."""
+    if error.msg == "Invalid control character at" and error.doc[error.pos] in "\r\n":
+        return "a text in quotes is still open at the end of the line" + _ONE_LINE
+    template = _JSON_PROBLEMS.get(error.msg)
+    if template is not None:
+        return template.format(col=error.colno)
+    reason = error.msg.removesuffix(" at")
+    return f"{reason[:1].lower()}{reason[1:]} at column {error.colno}"
 
 
 # json.dumps writes a NUL as \u0000; an odd run of backslashes before "u0000" is that escape, an
