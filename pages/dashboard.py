@@ -9,8 +9,9 @@ import streamlit as st
 from pages.common import database, enter_through_app, require_operator, settings
 from rlhf_loop.agreement import pairwise_tau
 from rlhf_loop.ranking import response_labels
+from rlhf_loop.store.annotator_table import TABLE_COLUMNS, annotator_table
 from rlhf_loop.store.flags import ReviewError, flag_counts, open_flags, review_flag
-from rlhf_loop.store.quality import annotator_report, judgements, overall
+from rlhf_loop.store.quality import judgements, overall
 
 enter_through_app()
 
@@ -21,11 +22,17 @@ st.title("Dashboard")
 
 summary = overall(db)
 flags = flag_counts(db)
+table = annotator_table(db)
+report = table.rows
 cols = st.columns(4)
 alpha = summary["alpha"]
 cols[0].metric("Krippendorff's α (ordinal)", "—" if alpha is None else f"{alpha:.2f}")
 cols[1].metric("Items ranked by 2+ annotators", summary["items_shared"])
-cols[2].metric("Annotators", summary["annotators"])
+cols[2].metric(
+    "Annotators",
+    len(report),
+    help="Annotators with at least one answer (ranked, skipped or flagged): the table's rows.",
+)
 cols[3].metric("Open flags", flags["open"])
 if config.overlap < 2:
     st.info(
@@ -40,14 +47,25 @@ st.caption(
     f"order, one in every {config.gold_every or '—'} items. Shown to inform, never used to "
     "exclude anyone automatically."
 )
-report = annotator_report(db)
+cutoff_min = table.cutoff_s / 60
+st.caption(
+    "Time per item: seconds from serving an item to its submit, median and 90th percentile, over "
+    f"rankings that took at most {cutoff_min:g} min. Longer ones (a tab left open, a break) are "
+    "idle time, not work: they are left out of the time figures and counted under 'idle, left "
+    f"out' ({table.idle_excluded} so far)."
+)
 st.dataframe(
     report,
     hide_index=True,
     width="stretch",
+    column_order=TABLE_COLUMNS,
     column_config={
         "median_s": st.column_config.NumberColumn("median s/item", format="%.1f"),
         "p90_s": st.column_config.NumberColumn("p90 s/item", format="%.1f"),
+        "idle_excluded": st.column_config.NumberColumn(
+            f"idle, left out (> {cutoff_min:g} min)",
+            help="Rankings that took longer than the cutoff: not in the median or p90.",
+        ),
         "agreement_tau": st.column_config.ProgressColumn(
             "τ vs others", min_value=-1.0, max_value=1.0, format="%.2f"
         ),
@@ -62,6 +80,9 @@ st.dataframe(
         ),
     },
 )
+if table.without_answers:
+    st.caption("Signed up, no answer yet (not in the table):")
+    st.text(", ".join(table.without_answers))
 
 pairs = pairwise_tau(judgements(db, gold=False)).rows()
 time_col, pair_col = st.columns(2)
