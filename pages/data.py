@@ -1,4 +1,5 @@
-"""Data page: import prompts, see what the database holds, export rankings."""
+"""Data page: import prompts, see what the database holds, export rankings, browse and retire
+prompts."""
 
 from collections.abc import Callable
 
@@ -10,6 +11,15 @@ from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
 from rlhf_loop.store.gold import add_gold_items
+from rlhf_loop.store.prompt_list import (
+    PAGE_SIZE,
+    SHOWN,
+    PromptPage,
+    prompt_page,
+    prompt_text,
+    restore_prompts,
+    retire_prompts,
+)
 from rlhf_loop.store.prompts import add_prompts
 
 enter_through_app()
@@ -101,3 +111,91 @@ pairs_col.caption(
     "raw text annotators saw, without the app's prompt template: TRL's RewardTrainer joins "
     "prompt and response as they are, and applies a chat template only to conversational rows."
 )
+
+
+st.subheader("Prompts")
+st.caption(
+    "Every prompt, oldest first: its label, the items sampled from it for ranking, its live "
+    "rankings, whether it is a gold item's, and whether it is retired (no longer sampled, served "
+    "or trained on; its rows stay). Select rows to retire or restore them."
+)
+LIST_MESSAGE, LIST_NONCE = "_prompt_list_message", "_prompt_list_nonce"
+
+
+def reset_page() -> None:
+    st.session_state["prompt_page"] = 1
+
+
+def change_prompts(action: str, shown_ids: list[int], table_key: str) -> None:
+    """Button callback, run with the ids of the page the operator selected on, so the rows
+    selected are the prompts that were on screen, whatever the database holds now."""
+    selection = st.session_state.get(table_key, {}).get("selection", {}).get("rows", [])
+    chosen = [shown_ids[i] for i in selection if 0 <= i < len(shown_ids)]
+    if not chosen:
+        st.session_state[LIST_MESSAGE] = ("info", "Select one or more rows first.")
+        return
+    apply = retire_prompts if action == "retire" else restore_prompts
+    try:
+        changed = apply(database(), chosen, st.session_state["operator"])
+    except StoreError as exc:
+        st.session_state[LIST_MESSAGE] = ("error", f"Nothing was changed: {exc}")
+        return
+    done = "retired" if action == "retire" else "restored"
+    unchanged = len(chosen) - len(changed)
+    note = f"; {unchanged} already were" if unchanged else ""
+    st.session_state[LIST_MESSAGE] = ("success", f"{len(changed)} prompt(s) {done}{note}.")
+    st.session_state[LIST_NONCE] = st.session_state.get(LIST_NONCE, 0) + 1  # clear the selection
+
+
+def prompt_list() -> None:
+    search_col, shown_col, page_col = st.columns([3, 2, 1])
+    search = search_col.text_input(
+        "Search the prompts", key="prompt_search", on_change=reset_page, max_chars=500
+    )
+    shown = shown_col.segmented_control(
+        "Show", SHOWN, default="all", key="prompt_shown", on_change=reset_page
+    )
+    asked = page_col.number_input("Page", min_value=1, step=1, key="prompt_page")
+    listing: PromptPage = prompt_page(db, search, shown or "all", int(asked))
+    st.caption(
+        f"{listing.matching} prompt(s) match; page {listing.page} of {listing.pages}, "
+        f"{PAGE_SIZE} per page."
+    )
+    outcome = st.session_state.pop(LIST_MESSAGE, None)
+    if outcome is not None:
+        {"success": st.success, "info": st.info, "error": st.error}[outcome[0]](outcome[1])
+    if not listing.rows:
+        st.text("No prompt matches." if db["prompts"].count else "No prompts yet: import some.")
+        return
+    nonce = st.session_state.get(LIST_NONCE, 0)
+    table_key = f"prompt_rows-{search}-{shown}-{listing.page}-{nonce}"
+    picked = st.dataframe(
+        listing.rows,
+        hide_index=True,
+        width="stretch",
+        key=table_key,
+        on_select="rerun",
+        selection_mode="multi-row",
+        column_config={
+            "id": st.column_config.NumberColumn("id", width="small"),
+            "prompt": st.column_config.TextColumn("prompt", width="large"),
+        },
+    )
+    retire_col, restore_col, _ = st.columns([1, 1, 3])
+    for column, action, label in (
+        (retire_col, "retire", "Retire selected"),
+        (restore_col, "restore", "Restore selected"),
+    ):
+        column.button(
+            label,
+            key=f"prompt-{action}",
+            on_click=change_prompts,
+            args=(action, listing.ids, table_key),
+        )
+    rows = picked.selection.rows if picked else []
+    if len(rows) == 1 and rows[0] < len(listing.rows):
+        st.caption(f"Prompt {listing.ids[rows[0]]} in full")
+        st.text(prompt_text(db, listing.ids[rows[0]]) or "")
+
+
+prompt_list()

@@ -3,21 +3,24 @@ the Dashboard's annotator table and idle time, the Training page's guarded "Make
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from app_helpers import operator_page
-from store_helpers import fresh_db, make_comparisons
+from store_helpers import add_texts, fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.annotator_table import IDLE_CUTOFF_S, annotator_table
 from rlhf_loop.store.annotators import annotator_id
+from rlhf_loop.store.prompt_list import prompt_page, restore_prompts, retire_prompts
 from rlhf_loop.store.submissions import submit
 from rlhf_loop.store.tasks import next_task
 
 DATA = "pages/data.py"
 DASHBOARD = "pages/dashboard.py"
+SCRIPT = "<script>alert('x')</script>"
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -128,3 +131,89 @@ def test_dashboard_counts_the_annotators_of_its_table_and_says_how_idle_time_is_
     shown = " ".join(c.value for c in at.caption)
     assert "over rankings that took at most 10 min" in shown and "(1 so far)" in shown
     assert "Signed up, no answer yet" in shown and "carl" in [t.value for t in at.text]
+
+
+def events(db, kind: str) -> list[dict]:
+    return [json.loads(e["payload"]) for e in db["events"].rows_where("kind = ?", [kind])]
+
+
+def test_prompt_pages_search_filter_and_counts(tmp_path: Path) -> None:
+    db = fresh_db(tmp_path)
+    make_comparisons(db, 3, k=3)  # prompts 1-3, one item each
+    add_texts(db, [f"extra {i}" for i in range(30)] + ["100% sure_thing"])
+    answer(db, "ada", [10.0, 12.0])  # prompts 1 and 2 ranked once each
+    listing = prompt_page(db, page_size=25)
+    assert (listing.matching, listing.pages, len(listing.rows)) == (34, 2, 25)
+    assert listing.rows[0] == {
+        "id": 1, "prompt": "prompt 0", "label": "", "times sampled": 1, "times ranked": 1,
+        "gold": False, "retired": False,
+    }  # fmt: skip
+    assert listing.rows[2]["times ranked"] == 0 and listing.rows[3]["times sampled"] == 0
+    last = prompt_page(db, page=99, page_size=25)
+    assert last.page == 2 and last.ids == list(range(26, 35))
+    assert prompt_page(db, "EXTRA 2").ids == [6, *range(24, 34)]  # extra 2, 20-29
+    assert prompt_page(db, "%").ids == [34] and prompt_page(db, "s_r").ids == []  # literal
+    assert prompt_page(db, "nothing like it").rows == []
+
+    assert retire_prompts(db, [1, 2], "olga") == [1, 2]
+    assert retire_prompts(db, [2, 3], "olga") == [3]  # 2 already was: not counted twice
+    assert prompt_page(db, shown="retired").ids == [1, 2, 3]
+    assert 1 not in prompt_page(db, shown="in use", page_size=100).ids
+    assert restore_prompts(db, [2, 4], "olga") == [2]  # 4 was never retired
+    assert prompt_page(db, shown="retired").ids == [1, 3]
+    assert events(db, "prompts_retired") == [
+        {"by": "olga", "prompt_ids": [1, 2]},
+        {"by": "olga", "prompt_ids": [3]},
+    ]
+    assert events(db, "prompts_restored") == [{"by": "olga", "prompt_ids": [2]}]
+    assert restore_prompts(db, [], "olga") == []
+
+
+def select_rows(at: AppTest, rows: list[int]) -> AppTest:
+    """Select rows of the prompt table as a click in the browser would."""
+    table = next(d for d in at.dataframe if "times ranked" in d.value.columns)
+    at.session_state[table.key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    return at.run()
+
+
+def test_data_page_lists_prompts_as_plain_text_and_retires_and_restores_them(
+    data_dir: Path,
+) -> None:
+    db = fresh_db(data_dir)
+    add_texts(db, [SCRIPT, "What is **bold**?"] + [f"filler {i}" for i in range(30)])
+    at = operator_page(DATA)
+    table = next(d.value for d in at.dataframe if "times ranked" in d.value.columns)
+    assert list(table["prompt"][:2]) == [SCRIPT, "What is **bold**?"] and len(table) == 25
+    assert any("32 prompt(s) match; page 1 of 2" in c.value for c in at.caption)
+    at.number_input(key="prompt_page").set_value(2).run()
+    table = next(d.value for d in at.dataframe if "times ranked" in d.value.columns)
+    assert list(table["id"]) == list(range(26, 33))
+
+    at.text_input(key="prompt_search").input("bold").run()  # a new search starts at page 1
+    assert any("1 prompt(s) match; page 1 of 1" in c.value for c in at.caption)
+    select_rows(at, [0])
+    assert "What is **bold**?" in [t.value for t in at.text]  # the whole text, as plain text
+    next(b for b in at.button if b.label == "Retire selected").click().run()
+    assert "1 prompt(s) retired." in at.success[0].value
+    assert db["prompts"].get(2)["retired_at"] is not None
+    at.segmented_control(key="prompt_shown").set_value("retired").run()
+    at.text_input(key="prompt_search").input("").run()
+    table = next(d.value for d in at.dataframe if "times ranked" in d.value.columns)
+    assert list(table["id"]) == [2] and list(table["retired"]) == [True]
+    select_rows(at, [0])
+    next(b for b in at.button if b.label == "Restore selected").click().run()
+    assert "1 prompt(s) restored." in at.success[0].value
+    assert db["prompts"].get(2)["retired_at"] is None
+    assert events(db, "prompts_restored") == [{"by": "olga", "prompt_ids": [2]}]
+    assert not any("<script>" in m.value for m in at.markdown) and len(at.get("html")) == 0
+
+
+def test_a_retire_acts_on_the_rows_that_were_on_screen(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    add_texts(db, ["first", "second", "third"])
+    at = operator_page(DATA)
+    select_rows(at, [1])  # "second", as drawn
+    add_texts(db, ["zeroth"])  # meanwhile the table grew (here at the end; ids keep their rows)
+    db.execute("UPDATE prompts SET retired_at = 1 WHERE id = 1")  # and another operator acted
+    next(b for b in at.button if b.label == "Retire selected").click().run()
+    assert [r["id"] for r in db["prompts"].rows_where("retired_at IS NOT NULL")] == [1, 2]
