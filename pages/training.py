@@ -1,5 +1,6 @@
 """Training page (operators): start retrains and PPO rounds, watch them live, compare versions."""
 
+import time
 from typing import Any
 
 import altair as alt
@@ -19,6 +20,13 @@ from rlhf_loop.reports import (
     reward_versions_table,
     running_job,
 )
+from rlhf_loop.reports_live import (
+    StalePage,
+    make_live_as_seen,
+    page_state,
+    policy_choice,
+    redraw_needed,
+)
 from rlhf_loop.reports_verdicts import (
     StaleDecision,
     adoption_events,
@@ -33,7 +41,6 @@ from rlhf_loop.reports_verdicts import (
 )
 from rlhf_loop.store.db import StoreError
 from rlhf_loop.store.jobs import enqueue
-from rlhf_loop.store.versions import set_live_policy
 
 enter_through_app()
 
@@ -72,6 +79,12 @@ else:
         "Run a PPO round now skips the reward model's gate, and under policy_adoption = "
         "immediate its result goes live at once, before anyone has judged it."
     )
+
+# Read before anything below reads the database: a change after this reading, even one that the
+# page below already shows, makes the fragment redraw the page (once more than needed, never one
+# fewer).
+DRAWN = "_training_drawn"
+st.session_state[DRAWN] = (page_state(db, config.model), time.monotonic())
 
 
 def export_zip(version_dir: str, merged: bool) -> bytes:
@@ -145,7 +158,11 @@ def overoptimisation_chart(points: list[dict[str, Any]], x: str) -> alt.LayerCha
 
 @st.fragment(run_every=2.0)
 def live() -> None:
-    """Worker state and the running job's curves, refreshed every two seconds."""
+    """Worker state and the running job's curves, refreshed every two seconds; the whole page is
+    redrawn when what it shows outside this fragment changed (a job ended, a version came)."""
+    drawn, drawn_at = st.session_state[DRAWN]
+    if redraw_needed(drawn, page_state(db, config.model), time.monotonic() - drawn_at):
+        st.rerun(scope="app")
     st.caption("Worker")
     show_worker_state()
     job = running_job(db)
@@ -253,6 +270,49 @@ def show_candidate(standing_list: list[Standing]) -> None:
         )
 
 
+def finished_jobs() -> list[dict[str, Any]]:
+    """Jobs that ended, newest first: a running one's curves are drawn live in the fragment."""
+    return [j for j in jobs_table(db) if j["status"] not in ("queued", "running")]
+
+
+MAKE_LIVE = "_make_live_outcome"
+
+
+def make_live(seen: tuple, choice_key: str) -> None:
+    """Button callback, run with the versions of the page the operator clicked on: refused when
+    they changed meanwhile, so a stale page never rolls back to a version nobody saw."""
+    version = st.session_state.get(choice_key)
+    try:
+        message = make_live_as_seen(database(), version, seen, st.session_state["operator"])
+    except (StalePage, ValueError, StoreError) as exc:
+        st.session_state[MAKE_LIVE] = ("error", str(exc))
+    else:
+        st.session_state[MAKE_LIVE] = ("success", message)
+
+
+def show_make_live() -> None:
+    """The version choice, preset to the live version, keyed on the versions it offers so that
+    a changed list is a new choice rather than an old pick carried over."""
+    seen = policy_choice(db)
+    versions = [version for version, _, _ in seen]
+    live_version = next((version for version, live, _ in seen if live), None)
+    choice_key = "make-live-" + "-".join(f"{v}{'L' if live else ''}{a}" for v, live, a in seen)
+    live_col, button_col = st.columns([2, 1], vertical_alignment="bottom")
+    live_col.selectbox(
+        "Make a version live (roll forward or back)",
+        versions,
+        index=versions.index(live_version) if live_version in versions else 0,
+        format_func=lambda v: f"v{v}" + (" (live)" if v == live_version else ""),
+        key=choice_key,
+    )
+    button_col.button(
+        "Make live", icon=":material/undo:", on_click=make_live, args=(seen, choice_key)
+    )
+    outcome = st.session_state.pop(MAKE_LIVE, None)
+    if outcome is not None:
+        (st.error if outcome[0] == "error" else st.success)(outcome[1])
+
+
 st.subheader("People's verdict")
 blind_count = blind_ranking_count(db)
 if config.policy_adoption == "human":
@@ -299,7 +359,7 @@ else:
     )
     st.dataframe(versions, hide_index=True)
     st.altair_chart(accuracy_chart(reward_accuracy_points(db)), width="stretch")
-    last_job = next((j for j in jobs_table(db) if j["kind"] == "train_reward"), None)
+    last_job = next((j for j in finished_jobs() if j["kind"] == "train_reward"), None)
     if last_job:
         st.caption(f"Loss curve of job {last_job['job']}")
         curve = metric_columns(db, last_job["job"], ["loss"])
@@ -322,21 +382,11 @@ else:
         "beside it, a proxy: only the people's verdict above says a version got better. " + budget
     )
     st.dataframe(policies, hide_index=True)
-    last_round = next((j for j in jobs_table(db) if j["kind"] == "ppo_round"), None)
+    last_round = next((j for j in finished_jobs() if j["kind"] == "ppo_round"), None)
     if last_round:
         st.caption(f"Curves of the last PPO round (job {last_round['job']})")
         curve_grid({"id": last_round["job"], "kind": "ppo_round"})
-    versions = [p["version"] for p in policies]
-    live_col, button_col = st.columns([2, 1])
-    chosen = live_col.selectbox("Make a version live (roll forward or back)", versions)
-    if button_col.button("Make live", icon=":material/undo:"):
-        try:
-            set_live_policy(db, chosen)
-        except ValueError as exc:
-            st.error(str(exc))
-        else:
-            st.success(f"Policy v{chosen} is live; new items will be sampled from it.")
-            st.rerun()
+    show_make_live()
 
     exportable = [p for p in policies if p["files"] != "(the base model)"]
     if exportable:

@@ -85,8 +85,11 @@ def live_policy(db: sqlite_utils.Database, base_model: str) -> dict[str, Any]:
     return _with_metrics(row)
 
 
-def set_live_policy(db: sqlite_utils.Database, version: int) -> dict[str, Any]:
-    """Roll forward or back to ``version``; refused when its files are gone."""
+def set_live_policy(
+    db: sqlite_utils.Database, version: int, by: str | None = None
+) -> dict[str, Any]:
+    """Roll forward or back to ``version``; refused when its files are gone. ``by`` names the
+    operator in the event, when one asked."""
     with write_txn(db):
         rows = db["model_versions"].rows_where("kind = 'policy' AND version = ?", [version])
         row = next(iter(rows), None)
@@ -98,7 +101,7 @@ def set_live_policy(db: sqlite_utils.Database, version: int) -> dict[str, Any]:
             )
         _clear_live(db, row["base_model"])
         db["model_versions"].update(row["id"], {"live": 1})
-        log_event(db, "policy_made_live", version=version)
+        log_event(db, "policy_made_live", version=version, **({"by": by} if by else {}))
     return _with_metrics({**row, "live": 1})
 
 
