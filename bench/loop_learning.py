@@ -33,7 +33,11 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from rlhf_loop.arena.degeneration import VersionSignal, overoptimisation_warning  # noqa: E402
+from rlhf_loop.arena.degeneration import (  # noqa: E402
+    VersionSignal,
+    overoptimisation_warning,
+    proxy_disagreement,
+)
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.human_verdicts import standings  # noqa: E402
 from rlhf_loop.model.demo_corpus import demo_prompts  # noqa: E402
@@ -89,6 +93,12 @@ def split_annotator(true: SimulatedAnnotator, proxy: SimulatedAnnotator):
     return rank
 
 
+def _gain(metrics: dict) -> float | None:
+    """The round's own reward model: its score of the new version minus the parent's."""
+    before, after = metrics.get("reward_before"), metrics.get("reward_after")
+    return None if before is None or after is None else after - before
+
+
 def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
     """The issue's figures for one run: verdicts against the oracle's own scores."""
     rows = {s.version: s for s in standings(db, settings.model, 20)}
@@ -130,6 +140,19 @@ def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
         "worse_went_live": any(d["change"] < -2 * d["se"] for d in drops),
         "max_kl": max(curve.kl, default=None),
         "warning": overoptimisation_warning(history),
+        "disagreements": [
+            text
+            for v in sorted(curve.version_scores)
+            if v in rows
+            and (
+                text := proxy_disagreement(
+                    v,
+                    _gain(versions[v]["metrics"]),
+                    rows[v].parent,
+                    rows[v].win_vs_parent_interval,
+                )
+            )
+        ],
         "events": curve.events,
         "oracle_live": curve.oracle_scores,
         "live_versions": curve.live_versions,

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from rlhf_loop.arena.degeneration import VersionSignal, overoptimisation_warning
+from rlhf_loop.arena.degeneration import VersionSignal, overoptimisation_warning, proxy_disagreement
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import Standing, undecided, verdict_figures
 from rlhf_loop.reports import interval_text
@@ -188,6 +188,13 @@ def overoptimisation_points(
                 "reward_version": m.get("reward_version"),
                 "heldout_prompts": m.get("eval_prompts"),
                 "reward": m.get("reward_after"),
+                "proxy_gain": _gain(m),
+                "parent_low": None
+                if s is None or s.win_vs_parent_interval is None
+                else s.win_vs_parent_interval[0],
+                "parent_high": None
+                if s is None or s.win_vs_parent_interval is None
+                else s.win_vs_parent_interval[1],
                 "kl": m.get("kl_after"),
                 "win": None if s is None else s.win_vs_base,
                 "low": None if interval is None else interval[0],
@@ -243,9 +250,25 @@ def lineage(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return chain[::-1]
 
 
+def _gain(metrics: dict[str, Any]) -> float | None:
+    before, after = metrics.get("reward_before"), metrics.get("reward_after")
+    return None if before is None or after is None else after - before
+
+
 def overoptimisation_check(points: Sequence[dict[str, Any]]) -> str | None:
     """The over-optimisation warning over the newest version's lineage (versions with a
-    reward-model score; the base has none), or None."""
+    reward-model score; the base has none), else the newest version whose own round's reward
+    model and people disagree, or None."""
+    warning = _lineage_warning(points)
+    for p in reversed(points):
+        if warning is not None:
+            break
+        interval = None if p["parent_high"] is None else (p["parent_low"], p["parent_high"])
+        warning = proxy_disagreement(p["version"], p["proxy_gain"], p["parent"], interval)
+    return warning
+
+
+def _lineage_warning(points: Sequence[dict[str, Any]]) -> str | None:
     history = [
         VersionSignal(
             p["version"],

@@ -22,6 +22,7 @@ from rlhf_loop.arena.degeneration import (
     VersionSignal,
     length_correlation,
     overoptimisation_warning,
+    proxy_disagreement,
     repeated_ngram_share,
 )
 from rlhf_loop.arena.resample import resample_indices
@@ -361,3 +362,11 @@ def test_overoptimisation_is_silent_when_humans_agree_or_evidence_is_missing() -
     missing = rising_scores([0.5, 0.56, 0.58])
     missing[-1] = VersionSignal(3, 5.0, None, None)
     assert overoptimisation_warning(missing) is None
+
+
+def test_proxy_disagreement_needs_a_proxy_gain_and_people_preferring_the_parent() -> None:
+    assert proxy_disagreement(3, 0.5, 2, (0.2, 0.4)) is not None
+    assert proxy_disagreement(3, 0.05, 2, (0.2, 0.4)) is None  # the proxy barely moved
+    assert proxy_disagreement(3, 0.5, 2, (0.4, 0.6)) is None  # people have not decided
+    assert proxy_disagreement(3, 0.5, 2, None) is None  # no blind evidence: silent
+    assert proxy_disagreement(3, None, 2, (0.2, 0.4)) is None

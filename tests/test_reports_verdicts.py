@@ -282,3 +282,21 @@ def test_policy_rows_say_a_round_stopped_at_the_kl_budget(data_dir: Path) -> Non
     assert new["adoption"] == "candidate" and new["held-out prompts"] == 12
     assert base["stopped early"] == "" and base["adoption"] == ""
     assert stopped_early_text(None) == ""
+
+
+def test_a_round_whose_reward_model_and_people_disagree_is_warned_about(data_dir: Path) -> None:
+    """One version deep, no lineage to climb: the round's own reward model scored it above its
+    parent (same model, same prompts), people prefer the parent."""
+    db = fresh_db(data_dir)
+    add_policy(db, data_dir, 0, None, None, live=True)
+    add_policy(
+        db, data_dir, 1, 0, "rejected", reward_before=0.2, reward_after=0.9, reward_version=1
+    )
+    people = [
+        standing(0, None),
+        standing(1, 0, win_vs_parent=0.3, win_vs_parent_interval=(0.22, 0.38), parent_pairs=80),
+    ]
+    warning = overoptimisation_check(overoptimisation_points(db, "demo", people))
+    assert "disagree on version 1" in warning and "+0.700 above version 0" in warning
+    undecided_people = [standing(0, None), standing(1, 0, win_vs_parent_interval=(0.4, 0.6))]
+    assert overoptimisation_check(overoptimisation_points(db, "demo", undecided_people)) is None

@@ -107,3 +107,30 @@ def overoptimisation_warning(
         f"against the base went from {oldest.win_rate:.2f} to {newest.win_rate:.2f} "
         f"(95% interval {low:.2f}–{high:.2f}), no measurable gain."
     )
+
+
+def proxy_disagreement(
+    version: int,
+    proxy_gain: float | None,
+    parent: int | None,
+    interval: tuple[float, float] | None,
+    margin: float = SCORE_MARGIN,
+) -> str | None:
+    """Warning text when one round's reward model scored its version above the parent while
+    people prefer the parent, else None.
+
+    The gain is ``reward_after - reward_before`` of the round: the same reward model on the same
+    held-out prompts, so unlike scores across rounds it is on one scale. A proxy that says
+    "better" where blind people say "worse" (their win-rate interval against the parent wholly
+    below 0.5) is the signature of a reward model being exploited, even one version deep.
+    """
+    if proxy_gain is None or interval is None or parent is None:
+        return None
+    if proxy_gain <= margin or interval[1] >= 0.5:
+        return None
+    return (
+        f"Reward model and people disagree on version {version}: its round's reward model "
+        f"scored it {proxy_gain:+.3f} above version {parent}, while people prefer version "
+        f"{parent} (win rate interval {interval[0]:.2f}–{interval[1]:.2f}). The reward model is "
+        "likely being exploited: rank more items like these before the next round."
+    )
