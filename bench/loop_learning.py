@@ -37,6 +37,7 @@ from rlhf_loop.arena.degeneration import (  # noqa: E402
     VersionSignal,
     overoptimisation_warning,
     proxy_disagreement,
+    round_proxy_gain,
 )
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.human_verdicts import standings  # noqa: E402
@@ -93,12 +94,6 @@ def split_annotator(true: SimulatedAnnotator, proxy: SimulatedAnnotator):
     return rank
 
 
-def _gain(metrics: dict) -> float | None:
-    """The round's own reward model: its score of the new version minus the parent's."""
-    before, after = metrics.get("reward_before"), metrics.get("reward_after")
-    return None if before is None or after is None else after - before
-
-
 def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
     """The issue's figures for one run: verdicts against the oracle's own scores."""
     rows = {s.version: s for s in standings(db, settings.model, 20)}
@@ -147,7 +142,7 @@ def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
             and (
                 text := proxy_disagreement(
                     v,
-                    _gain(versions[v]["metrics"]),
+                    round_proxy_gain(versions[v]["metrics"]),
                     rows[v].parent,
                     rows[v].win_vs_parent_interval,
                 )

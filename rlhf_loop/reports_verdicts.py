@@ -18,7 +18,12 @@ from typing import Any
 
 import sqlite_utils
 
-from rlhf_loop.arena.degeneration import VersionSignal, overoptimisation_warning, proxy_disagreement
+from rlhf_loop.arena.degeneration import (
+    VersionSignal,
+    overoptimisation_warning,
+    proxy_disagreement,
+    round_proxy_gain,
+)
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import Standing, undecided, verdict_figures
 from rlhf_loop.reports import interval_text
@@ -188,7 +193,7 @@ def overoptimisation_points(
                 "reward_version": m.get("reward_version"),
                 "heldout_prompts": m.get("eval_prompts"),
                 "reward": m.get("reward_after"),
-                "proxy_gain": _gain(m),
+                "proxy_gain": round_proxy_gain(m),
                 "parent_low": None
                 if s is None or s.win_vs_parent_interval is None
                 else s.win_vs_parent_interval[0],
@@ -248,11 +253,6 @@ def lineage(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         chain.append(by_version[current])
         current = by_version[current]["parent"]
     return chain[::-1]
-
-
-def _gain(metrics: dict[str, Any]) -> float | None:
-    before, after = metrics.get("reward_before"), metrics.get("reward_after")
-    return None if before is None or after is None else after - before
 
 
 def overoptimisation_check(points: Sequence[dict[str, Any]]) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -107,6 +107,13 @@ def overoptimisation_warning(
         f"against the base went from {oldest.win_rate:.2f} to {newest.win_rate:.2f} "
         f"(95% interval {low:.2f}–{high:.2f}), no measurable gain."
     )
+
+
+def round_proxy_gain(metrics: dict[str, Any]) -> float | None:
+    """A round's reward-model score of its new version minus that of the version it started
+    from (``reward_after - reward_before`` in the version's metrics): one model, one scale."""
+    before, after = metrics.get("reward_before"), metrics.get("reward_after")
+    return None if before is None or after is None else after - before
 
 
 def proxy_disagreement(
