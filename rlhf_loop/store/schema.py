@@ -235,12 +235,25 @@ def _v5_adoption(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v6_annotator_aids(db: sqlite_utils.Database) -> None:
+    """What an annotator has beside the item: a free comment stored with each answer, and the
+    operators' guidelines with a daily target. Every edit of the guidelines is a new row (the
+    newest applies), so what annotators were told at the time of a ranking stays readable."""
+    db["rankings"].add_column("comment", str)
+    db["guidelines"].create(
+        {"id": int, "text": str, "daily_target": int, "author": str, "created_at": float},
+        pk="id",
+        not_null={"text", "daily_target", "author", "created_at"},
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_labeling,
     _v2_jobs,
     _v3_live_policy,
     _v4_quality,
     _v5_adoption,
+    _v6_annotator_aids,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

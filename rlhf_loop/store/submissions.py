@@ -1,7 +1,8 @@
 """Writing an annotator's answer to a task: a ranking, a skip or a flag, and undoing the last one.
 
 A ranking row is never edited. Undo marks it retracted and reopens the task; the redo is a new
-row that names the one it supersedes, so the history of every judgement stays readable.
+row that names the one it supersedes, so the history of every judgement stays readable. Reopening
+an older answer for correction (from the annotator's recent answers) follows the same rule.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from dataclasses import dataclass
 from typing import Literal
 
 import sqlite_utils
@@ -19,6 +21,9 @@ from rlhf_loop.store.events import log_event
 
 Status = Literal["ranked", "skipped", "flagged"]
 MAX_REASON_CHARS = 2000
+MAX_COMMENT_CHARS = 2000
+# A pause longer than this between two answers ends a sitting (and its streak).
+STREAK_BREAK_S = 600.0
 
 
 class DuplicateSubmission(RankingError):
@@ -32,13 +37,16 @@ def submit(
     status: Status,
     ranks: list[int | None] | None = None,
     reason: str = "",
+    comment: str = "",
 ) -> int:
     """Store one answer and close the task's assignment; returns the ranking id.
 
     A ranking needs a rank for every shown response; a flag may carry a ranking or none
-    (the responses may be unrankable); a skip carries none.
+    (the responses may be unrankable); a skip carries none. ``comment`` is the annotator's free
+    note on the item, kept with the answer whatever its status.
     """
     reason = reason.strip()[:MAX_REASON_CHARS]
+    comment = comment.strip()[:MAX_COMMENT_CHARS]
     if status == "flagged" and not reason:
         raise RankingError("say why you flag this item")
     with write_txn(db):
@@ -66,6 +74,7 @@ def submit(
                         "status": status,
                         "ranks": json.dumps(stored) if stored else None,
                         "reason": reason or None,
+                        "comment": comment or None,
                         "seconds": max(0.0, submitted_at - assignment["served_at"]),
                         "created_at": submitted_at,
                         "supersedes": superseded,
@@ -103,8 +112,27 @@ def _last_retracted(db: sqlite_utils.Database, annotator: int, comparison_id: in
     return row["id"] if row else None
 
 
+@dataclass(frozen=True)
+class Reopened:
+    """A retracted answer whose task is served again, with what it said, so the page can put
+    the old ranking and comment back in the box for correction."""
+
+    ranking_id: int
+    comparison_id: int
+    status: Status
+    ranks: list[int] | None
+    reason: str | None
+    comment: str | None
+
+
 def undo_last(db: sqlite_utils.Database, annotator: int) -> int | None:
     """Retract this annotator's latest live answer and serve its task again; None if none."""
+    reopened = reopen_last(db, annotator)
+    return reopened.comparison_id if reopened else None
+
+
+def reopen_last(db: sqlite_utils.Database, annotator: int) -> Reopened | None:
+    """Undo: retract this annotator's latest live answer and serve its task again."""
     with write_txn(db):
         rows = db["rankings"].rows_where(
             "annotator_id = ? AND retracted_at IS NULL", [annotator], order_by="id DESC", limit=1
@@ -112,19 +140,80 @@ def undo_last(db: sqlite_utils.Database, annotator: int) -> int | None:
         last = next(iter(rows), None)
         if last is None:
             return None
-        at = now()
-        db["rankings"].update(last["id"], {"retracted_at": at})
-        assignment = next(
-            iter(
-                db["assignments"].rows_where(
-                    "comparison_id = ? AND annotator_id = ?",
-                    [last["comparison_id"], annotator],
-                )
+        return _retract_and_serve(db, annotator, last, "ranking_undone")
+
+
+def reopen(db: sqlite_utils.Database, annotator: int, ranking_id: int) -> Reopened:
+    """Retract one of this annotator's live answers, any one of them, and serve its task again
+    (next, before the item that was on screen, which stays theirs); the corrected answer is a new
+    row that supersedes it, as after an undo."""
+    with write_txn(db):
+        rows = db["rankings"].rows_where(
+            "id = ? AND annotator_id = ? AND retracted_at IS NULL", [ranking_id, annotator]
+        )
+        row = next(iter(rows), None)
+        if row is None:
+            raise RankingError("that answer was already reopened or is not yours")
+        return _retract_and_serve(db, annotator, row, "ranking_reopened")
+
+
+def _retract_and_serve(
+    db: sqlite_utils.Database, annotator: int, row: dict, event: str
+) -> Reopened:
+    at = now()
+    db["rankings"].update(row["id"], {"retracted_at": at})
+    assignment = next(
+        iter(
+            db["assignments"].rows_where(
+                "comparison_id = ? AND annotator_id = ?", [row["comparison_id"], annotator]
             )
         )
-        db["assignments"].update(assignment["id"], {"closed_at": None, "served_at": at})
-        log_event(db, "ranking_undone", annotator, ranking_id=last["id"])
-        return last["comparison_id"]
+    )
+    # served_at = now: the reopened task is the newest open one, so it is served next.
+    db["assignments"].update(assignment["id"], {"closed_at": None, "served_at": at})
+    log_event(db, event, annotator, ranking_id=row["id"])
+    return Reopened(
+        ranking_id=row["id"],
+        comparison_id=row["comparison_id"],
+        status=row["status"],
+        ranks=json.loads(row["ranks"]) if row["ranks"] else None,
+        reason=row["reason"],
+        comment=row["comment"],
+    )
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One of an annotator's own live answers, as their recent-answers list shows it."""
+
+    ranking_id: int
+    comparison_id: int
+    status: Status
+    ranks: list[int] | None
+    reason: str | None
+    comment: str | None
+    created_at: float
+    prompt: str
+
+
+def recent_answers(db: sqlite_utils.Database, annotator: int, limit: int = 5) -> list[Answer]:
+    """This annotator's latest live answers, newest first, with the prompt each was about."""
+    rows = db.execute(
+        """
+        SELECT r.id, r.comparison_id, r.status, r.ranks, r.reason, r.comment, r.created_at,
+               p.text
+        FROM rankings r
+        JOIN comparisons c ON c.id = r.comparison_id
+        JOIN prompts p ON p.id = c.prompt_id
+        WHERE r.annotator_id = ? AND r.retracted_at IS NULL
+        ORDER BY r.id DESC LIMIT ?
+        """,
+        [annotator, limit],
+    ).fetchall()
+    return [
+        Answer(rid, cid, status, json.loads(ranks) if ranks else None, *rest)
+        for rid, cid, status, ranks, *rest in rows
+    ]
 
 
 def done_today(db: sqlite_utils.Database, annotator: int) -> int:
@@ -134,3 +223,33 @@ def done_today(db: sqlite_utils.Database, annotator: int) -> int:
         "annotator_id = ? AND retracted_at IS NULL AND status != 'skipped' AND created_at >= ?",
         [annotator, midnight],
     )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The figures an annotator sees over the item: answers today and in this sitting."""
+
+    done_today: int
+    streak: int
+
+
+def progress(db: sqlite_utils.Database, annotator: int, at: float | None = None) -> Progress:
+    """Answers today (as ``done_today``) and the current streak: live answers (not skips) since
+    the last pause of more than STREAK_BREAK_S, counting a pause that is still going on. Skips
+    neither count nor break a streak."""
+    at = now() if at is None else at
+    answers = db.execute(
+        """
+        SELECT created_at, status FROM rankings
+        WHERE annotator_id = ? AND retracted_at IS NULL AND created_at >= ?
+        ORDER BY created_at DESC
+        """,
+        [annotator, at - 86400.0],
+    )
+    streak, previous = 0, at
+    for created, status in answers:
+        if previous - created > STREAK_BREAK_S:
+            break
+        streak += status != "skipped"
+        previous = created
+    return Progress(done_today(db, annotator), streak)
