@@ -1,9 +1,12 @@
 """Rank page: one prompt, K responses, a rank per response with ties; keyboard first.
 
 Type the ranks in order ("1 2 2 3", or "1223") or an order ("B > A = C > D") and press Enter;
-or pick a rank under each response and press Submit. Every user text is drawn with ``st.text``,
-never as Markdown or HTML.
+or pick a rank under each response and press Submit. The ranking box has the focus whenever an
+item is shown, so ranking needs no mouse. Every user text is drawn with ``st.text``, never as
+Markdown or HTML; the operators' guidelines are Markdown without HTML.
 """
+
+import datetime as dt
 
 import streamlit as st
 
@@ -17,12 +20,18 @@ from pages.common import (
 )
 from rlhf_loop.ranking import RankingError, describe_ranking, ranks_from_inputs, response_labels
 from rlhf_loop.store.db import StoreError
+from rlhf_loop.store.guidelines import current_guidelines
 from rlhf_loop.store.submissions import (
+    MAX_COMMENT_CHARS,
+    STREAK_BREAK_S,
     DuplicateSubmission,
+    Reopened,
     Status,
-    done_today,
+    progress,
+    recent_answers,
+    reopen,
+    reopen_last,
     submit,
-    undo_last,
 )
 from rlhf_loop.store.tasks import Task, next_task, tasks_left_for
 
@@ -30,6 +39,35 @@ enter_through_app()
 
 LONG_TEXT_CHARS = 1500  # longer texts scroll inside a box instead of stretching the page
 FLAG_REASONS = ["All responses are bad", "Prompt is broken", "Harmful content", "Other"]
+RECENT_ANSWERS = 5  # own answers listed for reopening
+PROMPT_PREVIEW_CHARS = 120
+
+# Our own fixed script, no user text in it: puts the caret in this item's ranking box as soon as
+# the box is on the page. Streamlit has no autofocus, and after a rerun the focus is on the page
+# body (or on a button that was clicked). It keeps the box focused for a moment, as the page
+# settles and elements are replaced, unless the annotator moved the focus elsewhere themselves.
+# The run number at the end makes each run's body differ, so the script runs after every rerun.
+FOCUS_SCRIPT = """<script>
+(() => {
+  const box = () => document.querySelector(".st-key-typed-%(cid)d input");
+  const started = Date.now();
+  let held = 0;
+  const step = () => {
+    const el = box();
+    const active = document.activeElement;
+    if (el && active !== el) {
+      if (held > 0 && active && active !== document.body) return;
+      el.focus({ preventScroll: true });  // the page stays where it is: the item starts above
+      el.setSelectionRange(el.value.length, el.value.length);
+      const r = el.getBoundingClientRect();
+      if (r.bottom < 0 || r.top > window.innerHeight) el.scrollIntoView({ block: "center" });
+    }
+    if (el && document.activeElement === el) held += 1;
+    if (held < 10 && Date.now() - started < 5000) setTimeout(step, 50);
+  };
+  step();
+})();
+</script><!-- run %(run)d -->"""
 
 config = settings()
 db = database()
@@ -53,6 +91,8 @@ def show_flash() -> None:
         st.success(message, icon=":material/check:")
     elif kind == "warning":
         st.warning(message)
+    elif kind == "info":
+        st.info(message, icon=":material/undo:")
 
 
 def text_box(text: str) -> None:
@@ -60,15 +100,35 @@ def text_box(text: str) -> None:
         st.text(text if text else "(empty response)")
 
 
-def header() -> None:
-    who_col, done_col, left_col = st.columns([2, 1, 1])
+def header(daily_target: int) -> None:
+    who_col, done_col, streak_col, left_col = st.columns([2, 1, 1, 1])
     with who_col:
         st.caption("Ranking as")
         st.text(name)
-    done_col.metric("Done today", done_today(db, annotator))
+    figures = progress(db, annotator)
+    done = figures.done_today
+    done_col.metric(
+        "Done today",
+        f"{done} / {daily_target}" if daily_target else done,
+        help="Rankings and flags since midnight"
+        + (f", of today's target of {daily_target}" if daily_target else ""),
+    )
+    streak_col.metric(
+        "In a row",
+        figures.streak,
+        help=f"Answers this sitting; a pause over {STREAK_BREAK_S / 60:.0f} minutes starts anew",
+    )
     left_col.metric(
         "Queue left", tasks_left_for(db, annotator, config.overlap, config.assignment_timeout_s)
     )
+
+
+def guidelines_beside(text: str) -> None:
+    """The operators' guidelines in the sidebar, beside every item, open until collapsed."""
+    if not text:
+        return
+    with st.sidebar.expander("Guidelines", expanded=True, icon=":material/menu_book:"):
+        st.markdown(text)  # written by operators; unsafe_allow_html is off, so no HTML
 
 
 @st.fragment(run_every=1.0)
@@ -84,12 +144,15 @@ def on_rank(comparison_id: int, k: int) -> None:
     """Submit callback, bound to the item that was on screen: a stale tab cannot rank another."""
     typed = st.session_state.get(f"typed-{comparison_id}", "")
     picks = [st.session_state.get(f"pick-{comparison_id}-{i}") for i in range(k)]
+    comment = st.session_state.get(f"comment-{comparison_id}", "")
     try:
         ranks = ranks_from_inputs(typed, picks)
     except RankingError as exc:
         st.session_state["refused"] = (comparison_id, str(exc))
         return
-    answer(comparison_id, "ranked", f"Saved {describe_ranking(ranks)}", ranks=ranks)
+    answer(
+        comparison_id, "ranked", f"Saved {describe_ranking(ranks)}", ranks=ranks, comment=comment
+    )
 
 
 def answer(comparison_id: int, status: Status, done: str, **details: object) -> None:
@@ -111,39 +174,90 @@ def on_flag(comparison_id: int) -> None:
 
 
 def on_undo() -> None:
-    if undo_last(db, annotator) is None:
+    reopened = reopen_last(db, annotator)
+    if reopened is None:
         flash("warning", "Nothing to undo")
+    else:
+        bring_back(reopened, "Undone")
+
+
+def on_reopen(ranking_id: int) -> None:
+    try:
+        reopened = reopen(db, annotator, ranking_id)
+    except (RankingError, StoreError) as exc:
+        flash("warning", str(exc))
+    else:
+        bring_back(reopened, "Reopened")
+
+
+def bring_back(reopened: Reopened, done: str) -> None:
+    """Put the retracted answer back in the item's boxes, to correct rather than redo, and say
+    what happened to it (the old row is kept, marked retracted)."""
+    cid = reopened.comparison_id
+    if reopened.ranks:
+        st.session_state[f"typed-{cid}"] = " ".join(map(str, reopened.ranks))
+    if reopened.comment:
+        st.session_state[f"comment-{cid}"] = reopened.comment
+    if reopened.status == "ranked" and reopened.ranks:
+        said = (
+            f"your ranking {describe_ranking(reopened.ranks)} is retracted and back in the box: "
+            "change it and press Enter"
+        )
+    elif reopened.status == "flagged":
+        said = (
+            f"your flag ({reopened.reason or 'no reason'}) is retracted: rank the item, or flag "
+            "it again"
+        )
+    else:
+        said = "your skip is retracted: rank the item, or skip it again"
+    flash("info", f"{done}: {said}.")
 
 
 def rank_form(task: Task) -> None:
     cid = task.comparison_id
     labels = response_labels(task.k)
+    refused_cid, message = st.session_state.pop("refused", (None, None))
     with st.form(key=f"rank-{cid}", border=False):
-        st.text_input(
+        typed_col, comment_col = st.columns([3, 2])
+        typed_col.text_input(
             "Ranking",
             placeholder=f"ranks in order, e.g. {' '.join(map(str, range(1, task.k + 1)))}"
             ", or B > A = C; Enter submits",
             key=f"typed-{cid}",
         )
-        columns = st.columns(2 if task.k <= 4 else 3)
-        for i, (label, response) in enumerate(zip(labels, task.responses, strict=True)):
-            with columns[i % len(columns)]:
-                st.markdown(f"**{label}**")
-                text_box(response.text)
-                ending = "" if response.finished else " · cut off at the length limit"
-                st.caption(f"{response.token_count} tokens{ending}")
-                st.segmented_control(
-                    f"Rank of {label}",
-                    options=list(range(1, task.k + 1)),
-                    key=f"pick-{cid}-{i}",
-                    label_visibility="collapsed",
-                )
+        if refused_cid == cid:  # at the box it is about, not below the responses
+            typed_col.error(message, icon=":material/error:")
+        comment_col.text_input(
+            "Comment (optional)",
+            placeholder="anything the ranking does not say; stored with it",
+            max_chars=MAX_COMMENT_CHARS,
+            key=f"comment-{cid}",
+        )
+        # One row of columns per line of responses, so the page (and Tab) reads A, B, C, D;
+        # filling columns top to bottom would make it A, C, B, D.
+        per_row = 2 if task.k <= 4 else 3
+        for start in range(0, task.k, per_row):
+            row = st.columns(per_row)
+            for col, i in zip(row, range(start, min(start + per_row, task.k)), strict=False):
+                with col:
+                    response_cell(cid, i, labels[i], task)
         st.form_submit_button(
             "Submit", type="primary", icon=":material/send:", on_click=on_rank, args=(cid, task.k)
         )
-    refused_cid, message = st.session_state.pop("refused", (None, None))
-    if refused_cid == cid:
-        st.error(message, icon=":material/error:")
+
+
+def response_cell(cid: int, i: int, label: str, task: Task) -> None:
+    response = task.responses[i]
+    st.markdown(f"**{label}**")
+    text_box(response.text)
+    ending = "" if response.finished else " · cut off at the length limit"
+    st.caption(f"{response.token_count} tokens{ending}")
+    st.segmented_control(
+        f"Rank of {label}",
+        options=list(range(1, task.k + 1)),
+        key=f"pick-{cid}-{i}",
+        label_visibility="collapsed",
+    )
 
 
 def actions(task: Task) -> None:
@@ -159,10 +273,56 @@ def actions(task: Task) -> None:
     undo_col.button(
         "Undo last submission", icon=":material/undo:", shortcut="Alt+Z", on_click=on_undo
     )
-    with flag_col.popover("Flag…", icon=":material/flag:"), st.form(f"flag-{cid}"):
+    # A key per item: the next item gets a new, closed popover (with one key for all items the
+    # browser kept it open over the next item's responses).
+    popover = flag_col.popover("Flag…", icon=":material/flag:", key=f"flag-popover-{cid}")
+    with popover, st.form(f"flag-{cid}"):
         st.selectbox("Why", FLAG_REASONS, key=f"flag-reason-{cid}")
         st.text_input("Details (optional)", max_chars=500, key=f"flag-detail-{cid}")
         st.form_submit_button("Flag this item", on_click=on_flag, args=(cid,))
+
+
+def recent() -> None:
+    """The annotator's last answers, each reopenable for correction; drawn (and queried) only
+    while the list is open, so it costs an item change nothing."""
+    box = st.expander(
+        f"Your last {RECENT_ANSWERS} answers",
+        icon=":material/history:",
+        key="recent-answers",
+        on_change="rerun",
+    )
+    if not box.open:
+        return
+    with box:
+        answers = recent_answers(db, annotator, RECENT_ANSWERS)
+        if not answers:
+            st.caption("None yet.")
+        for given in answers:
+            what_col, button_col = st.columns([5, 1], vertical_alignment="center")
+            at = dt.datetime.fromtimestamp(given.created_at).strftime("%H:%M")
+            if given.status == "ranked" and given.ranks:
+                said = describe_ranking(given.ranks)
+            else:
+                said = given.status + (f": {given.reason}" if given.reason else "")
+            what_col.caption(f"{at} · {given.status}")
+            prompt = given.prompt
+            if len(prompt) > PROMPT_PREVIEW_CHARS:
+                prompt = prompt[:PROMPT_PREVIEW_CHARS] + "…"
+            what_col.text(prompt)  # user texts (prompt, reason, comment) as plain text only
+            what_col.text(said + (f" · {given.comment}" if given.comment else ""))
+            button_col.button(
+                "Reopen",
+                key=f"reopen-{given.ranking_id}",
+                icon=":material/edit:",
+                on_click=on_reopen,
+                args=(given.ranking_id,),
+            )
+
+
+def keep_focus_in_ranking_box(cid: int) -> None:
+    runs = st.session_state.get("focus-runs", 0) + 1
+    st.session_state["focus-runs"] = runs
+    st.html(FOCUS_SCRIPT % {"cid": cid, "run": runs}, unsafe_allow_javascript=True)
 
 
 try:
@@ -172,7 +332,9 @@ try:
 except StoreError as exc:
     st.error(f"{exc}. Reload the page in a moment.")
     st.stop()
-header()
+guidelines = current_guidelines(db)
+guidelines_beside(guidelines.text)
+header(guidelines.daily_target)
 show_flash()
 if task is None:
     wait_for_items()
@@ -182,3 +344,5 @@ st.subheader("Prompt")
 text_box(task.prompt)
 rank_form(task)
 actions(task)
+recent()
+keep_focus_in_ranking_box(task.comparison_id)

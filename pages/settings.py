@@ -1,4 +1,5 @@
-"""Settings page (operators): the settings in force, the database snapshot and its restore."""
+"""Settings page (operators): the settings in force, annotator links, the guidelines annotators
+see beside every item, the database snapshot and its restore."""
 
 import dataclasses
 from urllib.parse import urlencode
@@ -10,6 +11,13 @@ from rlhf_loop.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
 from rlhf_loop.store.annotators import AnnotatorNameError, clean_name, invite, invited
 from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_name
 from rlhf_loop.store.db import StoreError
+from rlhf_loop.store.guidelines import (
+    MAX_DAILY_TARGET,
+    MAX_GUIDELINES_CHARS,
+    GuidelinesError,
+    current_guidelines,
+    set_guidelines,
+)
 
 enter_through_app()
 
@@ -65,6 +73,55 @@ elif kind == "error":
     st.error(made)
 st.caption("Names with a link")
 st.text(", ".join(invited(db)) or "none yet")  # names are user text: never Markdown
+
+st.subheader("Guidelines for annotators")
+st.caption(
+    "Shown beside every item on the Rank page, in a panel annotators can collapse. Markdown "
+    "(headings, lists, bold, links); HTML is not rendered. The daily target is shown as "
+    "'done today / target' (0: no target). Every save is kept, with who made it."
+)
+
+
+def on_guidelines() -> None:
+    try:
+        set_guidelines(
+            db,
+            st.session_state.get("guidelines-text", ""),
+            int(st.session_state.get("guidelines-target", 0)),
+            st.session_state["operator"],
+        )
+    except (GuidelinesError, StoreError) as exc:
+        st.session_state["guidelines-result"] = ("error", str(exc))
+    else:
+        st.session_state["guidelines-result"] = ("saved", "Saved; annotators see it from now on.")
+
+
+guide = current_guidelines(db)
+with st.form("guidelines"):
+    st.text_area(
+        "Guidelines (Markdown, no HTML)",
+        value=guide.text,
+        height=200,
+        max_chars=MAX_GUIDELINES_CHARS,
+        key="guidelines-text",
+    )
+    st.number_input(
+        "Daily target per annotator (0: none)",
+        min_value=0,
+        max_value=MAX_DAILY_TARGET,
+        value=guide.daily_target,
+        step=10,
+        key="guidelines-target",
+    )
+    st.form_submit_button("Save guidelines", icon=":material/save:", on_click=on_guidelines)
+kind, said = st.session_state.pop("guidelines-result", (None, None))
+if kind == "saved":
+    st.success(said, icon=":material/check:")
+elif kind == "error":
+    st.error(said)
+if guide.author:
+    st.caption("Last saved by")
+    st.text(guide.author)  # a name is user text: never Markdown
 
 st.subheader("Database backup")
 st.caption(

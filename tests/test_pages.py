@@ -78,7 +78,9 @@ def test_html_in_prompts_and_responses_is_shown_as_text(data_dir: Path) -> None:
     at = rank_page()
     assert SCRIPT in shown_texts(at) and "<b>bold</b>" in shown_texts(at)
     assert not any("<script>" in m.value for m in at.markdown)
-    assert len(at.get("html")) == 0
+    # The only HTML is the page's own focus script, which carries no user text.
+    assert [h.proto.body.startswith("<script>") for h in at.get("html")] == [True]
+    assert not any("bold" in h.proto.body or "alert" in h.proto.body for h in at.get("html"))
 
 
 def test_skip_then_undo_brings_the_item_back(data_dir: Path) -> None:
