@@ -16,6 +16,7 @@ from pages.common import (
     database,
     enter_through_app,
     settings,
+    settle_heap,
     show_worker_state,
 )
 from rlhf_loop.ranking import RankingError, describe_ranking, ranks_from_inputs, response_labels
@@ -36,6 +37,7 @@ from rlhf_loop.store.submissions import (
 from rlhf_loop.store.tasks import Task, next_task, tasks_left_for
 
 enter_through_app()
+settle_heap()
 
 LONG_TEXT_CHARS = 1500  # longer texts scroll inside a box instead of stretching the page
 FLAG_REASONS = ["All responses are bad", "Prompt is broken", "Harmful content", "Other"]

@@ -190,3 +190,24 @@ def test_no_guidelines_no_panel(data_dir: Path) -> None:
     make_comparisons(fresh_db(data_dir), 1)
     at: AppTest = rank_page()
     assert not at.sidebar.markdown and not at.sidebar.expander
+
+
+def test_the_imported_heap_is_frozen_once_per_set_of_modules(monkeypatch) -> None:
+    """Issue 11, item 6: Streamlit's collection after every run skips the long-lived objects."""
+    import gc
+
+    from pages import common
+
+    collections: list[int] = []
+    monkeypatch.setattr(common, "_modules_frozen", 0)
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(1) or 0)
+    try:
+        common.settle_heap()
+        assert gc.get_freeze_count() > 0
+        common.settle_heap()  # no module imported since: nothing to do
+        assert len(collections) == 1
+        monkeypatch.setattr(common, "_modules_frozen", common._modules_frozen - 1)
+        common.settle_heap()  # as after an operator page imported its modules
+        assert len(collections) == 2
+    finally:
+        gc.unfreeze()  # leave this test process as it was
