@@ -90,6 +90,8 @@ def _export(shape: ExportShape) -> str:
 
 
 st.subheader("Export rankings")
+# No rerun on click (on_click="ignore"): a rerun replaces both buttons' files, and a click on the
+# other one before the browser had the new ones downloaded nothing ("Deferred file ... not found").
 full_col, pairs_col = st.columns(2)
 full_col.download_button(
     "Full rankings (JSONL)",
@@ -97,6 +99,7 @@ full_col.download_button(
     file_name="rankings.jsonl",
     mime="application/jsonl",
     icon=":material/download:",
+    on_click="ignore",
 )
 full_col.caption("One line per ranking: the prompt and each response with its rank (ties kept).")
 pairs_col.download_button(
@@ -105,6 +108,7 @@ pairs_col.download_button(
     file_name="pairs.jsonl",
     mime="application/jsonl",
     icon=":material/download:",
+    on_click="ignore",
 )
 pairs_col.caption(
     "prompt, chosen, rejected per strictly ordered pair; ties give no pair. The prompt is the "

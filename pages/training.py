@@ -20,6 +20,7 @@ from rlhf_loop.reports import (
     reward_versions_table,
     running_job,
 )
+from rlhf_loop.reports_export import policy_export_zip
 from rlhf_loop.reports_live import (
     StalePage,
     make_live_as_seen,
@@ -85,16 +86,6 @@ else:
 # fewer).
 DRAWN = "_training_drawn"
 st.session_state[DRAWN] = (page_state(db, config.model), time.monotonic())
-
-
-def export_zip(version_dir: str, merged: bool) -> bytes:
-    """Runs on click, in Streamlit's download thread; torch is imported only then."""
-    from rlhf_loop.model.loader import resolve_model_path
-    from rlhf_loop.ppo.export import adapter_zip, merged_zip
-
-    if merged:
-        return merged_zip(resolve_model_path(config), version_dir)
-    return adapter_zip(version_dir)
 
 
 def curve_grid(job: dict) -> None:
@@ -393,17 +384,22 @@ else:
         export_col, adapter_col, merged_col = st.columns([2, 1, 1])
         pick = export_col.selectbox("Export version", [p["version"] for p in exportable])
         files = next(p["files"] for p in exportable if p["version"] == pick)
+        # Built on click, in a download thread (transformers is imported only then). No rerun
+        # on click: a rerun replaces both buttons' files, and a second click before the browser
+        # had the new ones downloaded nothing ("Deferred file ... not found").
         adapter_col.download_button(
             "LoRA adapter (zip)",
-            data=lambda: export_zip(files, merged=False),
+            data=lambda: policy_export_zip(config, files, merged=False),
             file_name=f"policy-v{pick}-adapter.zip",
             icon=":material/download:",
+            on_click="ignore",
         )
         merged_col.download_button(
             "Merged model (zip)",
-            data=lambda: export_zip(files, merged=True),
+            data=lambda: policy_export_zip(config, files, merged=True),
             file_name=f"policy-v{pick}-merged.zip",
             icon=":material/download:",
+            on_click="ignore",
         )
 
     samples = policy_samples(db)

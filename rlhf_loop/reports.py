@@ -176,9 +176,13 @@ def policy_samples(db: sqlite_utils.Database) -> dict[int, dict[str, str]]:
     return samples
 
 
-def _policy_meta(path: str | None) -> dict[str, Any] | None:
-    from rlhf_loop.ppo.policy import META_FILE
+# rlhf_loop.ppo.policy.META_FILE, named here rather than imported: importing that module loads
+# transformers and peft into the page's thread, where it raced an export's download thread
+# importing them too ("cannot import name 'AutoModelForCausalLM'"), and the export was lost.
+POLICY_META_FILE = "policy_meta.json"
 
-    if path is None or not (Path(path) / META_FILE).is_file():
+
+def _policy_meta(path: str | None) -> dict[str, Any] | None:
+    if path is None or not (Path(path) / POLICY_META_FILE).is_file():
         return None
-    return json.loads((Path(path) / META_FILE).read_text())
+    return json.loads((Path(path) / POLICY_META_FILE).read_text())

@@ -116,3 +116,30 @@ def test_a_stale_make_live_on_the_page_is_refused_and_the_page_shows_the_new_ver
     choice.select(0)
     next(b for b in at.button if b.label == "Make live").click().run()
     assert "Policy v0 is live" in at.success[0].value and live_versions(db) == [0]
+
+
+def test_the_training_page_reads_policy_files_without_loading_transformers(
+    tmp_path: Path,
+) -> None:
+    """The page thread must not import transformers: an export's download thread does, and
+    the two raced (tests/test_browser_operator.py clicks both exports at once)."""
+    import subprocess
+    import sys
+
+    from rlhf_loop.ppo.policy import META_FILE
+    from rlhf_loop.reports import POLICY_META_FILE
+
+    assert POLICY_META_FILE == META_FILE
+    db = fresh_db(tmp_path)
+    add_policy(db, tmp_path, 0, None, None, live=True)
+    add_policy(db, tmp_path, 1, 0, "candidate")
+    meta = {"metrics": {"parent_version": 0}, "samples_before": [], "samples_after": []}
+    (tmp_path / "policy-v1" / META_FILE).write_text(json.dumps(meta))
+    probe = (
+        "import sys; from rlhf_loop.store.db import open_db; "
+        "import rlhf_loop.reports as r, rlhf_loop.reports_live, rlhf_loop.reports_export; "
+        f"print(r.policy_samples(open_db({str(tmp_path / 'rlhf.db')!r})), "
+        "'transformers' in sys.modules, 'peft' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["{0:", "{},", "1:", "{}}", "False", "False"]
