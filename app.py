@@ -8,7 +8,9 @@ import streamlit as st
 
 from pages.common import VIA_APP, announce_operator_password, is_operator, start_worker_if_needed
 
-st.set_page_config(page_title="rlhf-loop", page_icon=":material/sort:", layout="wide")
+# An emoji, not a Material icon: Streamlit fetches a Material page icon as an SVG from
+# fonts.gstatic.com, which fails offline (icons on buttons and pages use its bundled font).
+st.set_page_config(page_title="rlhf-loop", page_icon="🥇", layout="wide")
 announce_operator_password()
 rank = st.Page("pages/rank.py", title="Rank", icon=":material/sort:", default=True)
 if is_operator():

@@ -107,16 +107,22 @@ PROXY, GOLD = "#e45756", "#4c78a8"
 
 
 def accuracy_chart(points: list[dict[str, Any]]) -> alt.LayerChart:
-    """Each reward model's held-out pairwise accuracy with its interval; dashed: chance."""
+    """Each reward model's held-out pairwise accuracy with its interval; dashed: chance. Big
+    labelled points: with one version the chart is a single point, which at Vega-Lite's default
+    size read as an empty chart."""
     base = alt.Chart(pd.DataFrame(points)).encode(
-        x=alt.X("version:O", title="reward-model version"),
+        x=alt.X("version:O", title="reward-model version", axis=alt.Axis(labelAngle=0)),
         tooltip=["version", "accuracy", "low", "high", "pairs"],
     )
     title = "held-out accuracy"
+    accuracy_y = alt.Y("accuracy:Q", title=title, scale=alt.Scale(domain=[0, 1]))
     return alt.layer(
-        base.mark_rule(color=GOLD).encode(y=alt.Y("low:Q", title=title), y2="high:Q"),
-        base.mark_point(filled=True, color=GOLD).encode(
-            y=alt.Y("accuracy:Q", title=title, scale=alt.Scale(domain=[0, 1]))
+        base.mark_rule(color=GOLD, strokeWidth=2).encode(
+            y=alt.Y("low:Q", title=title), y2="high:Q"
+        ),
+        base.mark_point(filled=True, color=GOLD, size=90, opacity=1).encode(y=accuracy_y),
+        base.mark_text(align="left", dx=9, color=GOLD).encode(
+            y=accuracy_y, text=alt.Text("accuracy:Q", format=".2f")
         ),
         alt.Chart().mark_rule(strokeDash=[4, 4], color="gray").encode(y=alt.datum(0.5)),
     ).properties(height=220)
@@ -349,7 +355,11 @@ else:
         "through the gate: the interval's lower end above 0.5."
     )
     st.dataframe(versions, hide_index=True)
-    st.altair_chart(accuracy_chart(reward_accuracy_points(db)), width="stretch")
+    accuracy_points = [p for p in reward_accuracy_points(db) if p["accuracy"] is not None]
+    if accuracy_points:
+        st.altair_chart(accuracy_chart(accuracy_points), width="stretch")
+    else:
+        st.caption("No version has a held-out accuracy yet (no held-out pairs): nothing to plot.")
     last_job = next((j for j in finished_jobs() if j["kind"] == "train_reward"), None)
     if last_job:
         st.caption(f"Loss curve of job {last_job['job']}")
@@ -410,13 +420,15 @@ else:
         a = left.selectbox("Version", ordered, index=len(ordered) - 2, key="side_a")
         b = right.selectbox("Version", ordered, index=len(ordered) - 1, key="side_b")
         shared = [p for p in samples[a] if p in samples[b]]
-        if shared:
+        if shared:  # the prompt first, then the two answers to it, each under its version
             prompt = st.selectbox("Held-out prompt", shared)
             st.text(prompt)
-            for column, version in ((left, a), (right, b)):
+            for column, version in zip(st.columns(2), (a, b), strict=True):
                 with column.container(border=True):
                     st.caption(f"v{version}")
                     st.text(samples[version][prompt] or "(empty response)")
+        else:
+            st.caption(f"v{a} and v{b} were sampled on no common held-out prompt.")
 
 
 st.subheader("Over-optimisation")

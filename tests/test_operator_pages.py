@@ -217,3 +217,77 @@ def test_a_retire_acts_on_the_rows_that_were_on_screen(data_dir: Path) -> None:
     db.execute("UPDATE prompts SET retired_at = 1 WHERE id = 1")  # and another operator acted
     next(b for b in at.button if b.label == "Retire selected").click().run()
     assert [r["id"] for r in db["prompts"].rows_where("retired_at IS NOT NULL")] == [1, 2]
+
+
+TRAINING = "pages/training.py"
+
+
+def in_page_order(node) -> list:
+    """Every element of the page, in the order it is drawn (columns left to right)."""
+    children = getattr(node, "children", None)
+    if children is None:
+        return [node]
+    return [e for key in sorted(children) for e in in_page_order(children[key])]
+
+
+def _shown(element) -> str | None:
+    """A selectbox's label or a text's value: what locates it on the page."""
+    if element.type == "selectbox":
+        return element.label
+    if element.type in ("text", "subheader", "heading"):
+        return element.value
+    return None
+
+
+def test_side_by_side_asks_for_the_prompt_above_the_two_answers(data_dir: Path) -> None:
+    from verdict_helpers import add_policy
+
+    db = fresh_db(data_dir)
+    add_policy(db, data_dir, 0, None, None)
+    for version, answer_text in ((1, "It is 4."), (2, "Four, I think.")):
+        add_policy(db, data_dir, version, version - 1, "adopted", live=version == 2)
+        meta = {
+            "metrics": {"parent_version": version - 1},
+            "samples_before": [{"prompt": "What is 2 + 2?", "response": "2"}],
+            "samples_after": [{"prompt": "What is 2 + 2?", "response": answer_text}],
+        }
+        (data_dir / f"policy-v{version}" / "policy_meta.json").write_text(json.dumps(meta))
+    at = operator_page(TRAINING)
+    order = [_shown(e) for e in in_page_order(at.main)]
+    side = order.index("Side by side")
+    prompt_choice = order.index("Held-out prompt", side)
+    assert order.index("Version", side) < prompt_choice
+    assert prompt_choice < order.index("It is 4.") and prompt_choice < order.index("Four, I think.")
+
+
+def test_the_accuracy_chart_of_a_single_reward_model_shows_its_point(data_dir: Path) -> None:
+    from rlhf_loop.store.versions import register_version
+
+    db = fresh_db(data_dir)
+    register_version(db, "reward", 1, data_dir / "r1", "demo", {"pairwise_accuracy": 0.9})
+    at = operator_page(TRAINING)
+    [spec] = [
+        json.loads(c.proto.spec)
+        for c in at.get("vega_lite_chart")
+        if "held-out accuracy" in c.proto.spec
+    ]
+    marks = {layer["mark"]["type"]: layer["mark"] for layer in spec["layer"]}
+    assert marks["point"]["size"] >= 60 and marks["point"]["filled"]
+    assert "text" in marks  # the value written beside the point
+    from streamlit import dataframe_util
+
+    [chart] = [c for c in at.get("vega_lite_chart") if "held-out accuracy" in c.proto.spec]
+    frames = [
+        dataframe_util.convert_arrow_bytes_to_pandas_df(d.data.data) for d in chart.proto.datasets
+    ]
+    assert any(list(f.get("accuracy", [])) == [0.9] for f in frames)
+
+
+def test_no_accuracy_to_plot_says_so_instead_of_an_empty_chart(data_dir: Path) -> None:
+    from rlhf_loop.store.versions import register_version
+
+    db = fresh_db(data_dir)
+    register_version(db, "reward", 1, data_dir / "r1", "demo", {"heldout_pairs": 0})
+    at = operator_page(TRAINING)
+    assert not [c for c in at.get("vega_lite_chart") if "held-out accuracy" in c.proto.spec]
+    assert any("No version has a held-out accuracy yet" in c.value for c in at.caption)
