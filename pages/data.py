@@ -8,6 +8,7 @@ import streamlit as st
 from pages.common import database, enter_through_app, require_operator, settings
 from rlhf_loop.export import ExportShape, export_jsonl
 from rlhf_loop.gold_import import parse_gold_file
+from rlhf_loop.plain_text import markdown_escaped
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
 from rlhf_loop.store.gold import add_gold_items
@@ -50,9 +51,11 @@ def import_form(key: str, label: str, types: list[str], store: Callable[[str, by
             try:
                 summary = store(upload.name, upload.getvalue())
             except (PromptImportError, StoreError) as exc:
-                st.error(f"{upload.name}: {exc}. Nothing was imported.", icon=":material/error:")
+                message = markdown_escaped(f"{upload.name}: {exc}")
+                st.error(f"{message}. Nothing was imported.", icon=":material/error:")
             else:
-                st.success(f"{upload.name}: {summary}.", icon=":material/check:")
+                message = markdown_escaped(f"{upload.name}: {summary}")
+                st.success(f"{message}.", icon=":material/check:")
 
 
 def store_prompts(name: str, data: bytes) -> str:

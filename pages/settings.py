@@ -8,6 +8,7 @@ import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings, sign_out
 from rlhf_loop.config import CONFIG_ENV, DEFAULT_CONFIG_FILE, ENV_PREFIX
+from rlhf_loop.plain_text import markdown_escaped
 from rlhf_loop.store.annotators import AnnotatorNameError, clean_name, invite, invited
 from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_name
 from rlhf_loop.store.db import StoreError
@@ -152,6 +153,7 @@ with st.form("restore", clear_on_submit=True):
             try:
                 report = restore(db, upload.getvalue(), config.resolved_data_dir / "backups")
             except (RestoreError, StoreError) as exc:
-                st.error(f"{upload.name}: {exc}. Nothing was changed.", icon=":material/error:")
+                message = markdown_escaped(f"{upload.name}: {exc}")
+                st.error(f"{message}. Nothing was changed.", icon=":material/error:")
             else:
                 st.success(report.summary(), icon=":material/check:")

@@ -252,3 +252,24 @@ def test_a_worker_failure_is_detailed_to_operators_only(data_dir: Path) -> None:
     assert secret not in [t.value for t in annotator.text]
     operator = operator_page("pages/training.py")
     assert secret in [t.value for t in operator.text]
+
+
+def test_a_file_name_and_quoted_content_in_a_message_stay_plain_text(data_dir: Path) -> None:
+    """Message boxes render Markdown: an upload's name and a quoted label are user text."""
+    fresh_db(data_dir)
+    at = operator_page("pages/data.py")
+    name = "**[win](http://x.example)**.jsonl"
+    at.file_uploader[0].set_value((name, b'{"prompt": "a", "label": "_hi_"}\n', "text/plain"))
+    at.button[0].click().run()
+    shown = at.error[0].value
+    assert r"\*\*\[win\]\(http\://x\.example\)\*\*\.jsonl" in shown
+    assert r"\_hi\_" in shown
+
+
+def test_markdown_escaped_reads_back_as_typed() -> None:
+    from rlhf_loop.plain_text import markdown_escaped
+
+    assert markdown_escaped("a*b_c [d](e) `f` #g :material/x: $y$") == (
+        r"a\*b\_c \[d\]\(e\) \`f\` \#g \:material/x\: \$y\$"
+    )
+    assert markdown_escaped("plain words") == "plain words"
