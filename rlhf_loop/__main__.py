@@ -1,4 +1,5 @@
-"""Command line: ``python -m rlhf_loop worker`` runs the background worker in this terminal."""
+"""Command line: ``python -m rlhf_loop worker`` runs the background worker in this terminal;
+``build-demo`` rewrites the demo model shipped in the repository."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         "hash-password",
         help="make the operator credential: prints a hash for secrets.toml or the environment",
     )
+    commands.add_parser(
+        "build-demo",
+        help="rebuild the shipped demo model (rlhf_loop/model/demo_shipped) from the default spec",
+    )
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         from rlhf_loop.auth_cli import hash_password_command
@@ -38,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "build-demo":
+        from rlhf_loop.model.shipped import build_demo_command
+
+        return build_demo_command(settings)
     if args.command == "ppo-round":
         from rlhf_loop.ppo.cli import run_round_command
 

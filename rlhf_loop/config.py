@@ -38,8 +38,9 @@ class Settings:
     model: str = "demo"
     # Cache for the locally built demo model, shared by every data_dir on this machine.
     model_cache_dir: str = "~/.cache/rlhf-loop"
-    # Optimiser steps of the demo model's brief pre-training (more: more fluent, slower 1st start).
-    demo_pretrain_steps: int = 500
+    # Optimiser steps of the demo model's pre-training. The default's build is shipped in the repo
+    # (rlhf_loop/model/demo_shipped), so it starts at once; another value is built on first start.
+    demo_pretrain_steps: int = 4000
     # "auto" picks CUDA when available, else CPU; or name a torch device ("cpu", "cuda:1").
     device: str = "auto"
     # Dtype of frozen weights: "auto" (bfloat16 on a GPU with bf16, else float32), "float32",

@@ -19,6 +19,7 @@ from transformers.utils.peft_utils import find_adapter_config_file
 
 from rlhf_loop.config import Settings
 from rlhf_loop.model.demo_build import ProgressFn, ensure_demo_model, spec_from_settings
+from rlhf_loop.model.shipped import shipped_demo_model
 
 DEMO_MODEL = "demo"
 # What from_pretrained raises for a missing path, an unreachable hub, a bad config or checkpoint,
@@ -61,10 +62,14 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
 
 
 def resolve_model_path(settings: Settings, on_progress: ProgressFn | None = None) -> str:
-    """What to hand to ``load_causal_lm``: "demo" becomes its cache dir, built on first use."""
+    """What to hand to ``load_causal_lm``: "demo" becomes the shipped model when the configured
+    spec is the one shipped, else its cache dir, built on first use."""
     if settings.model != DEMO_MODEL:
         return settings.model
     spec = spec_from_settings(settings)
+    shipped = shipped_demo_model(spec)
+    if shipped is not None:
+        return str(shipped)
     return str(ensure_demo_model(settings.resolved_model_cache_dir, spec, on_progress))
 
 
