@@ -54,8 +54,7 @@ def import_form(key: str, label: str, types: list[str], store: Callable[[str, by
                 message = markdown_escaped(f"{upload.name}: {exc}")
                 st.error(f"{message}. Nothing was imported.", icon=":material/error:")
             else:
-                message = markdown_escaped(f"{upload.name}: {summary}")
-                st.success(f"{message}.", icon=":material/check:")
+                st.success(f"{markdown_escaped(upload.name)}: {summary}.", icon=":material/check:")
 
 
 def store_prompts(name: str, data: bytes) -> str:

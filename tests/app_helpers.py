@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -15,3 +16,9 @@ def operator_page(page: str, name: str = "olga") -> AppTest:
     at.session_state["operator"] = name
     at.run()
     return at.switch_page(page).run()
+
+
+def as_read(markdown: str) -> str:
+    """A message box's Markdown source as the reader sees it: backslash escapes (user text is
+    escaped, see rlhf_loop.plain_text) removed."""
+    return re.sub(r"\\(.)", r"\1", markdown)

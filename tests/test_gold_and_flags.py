@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from app_helpers import operator_page
+from app_helpers import as_read, operator_page
 from store_helpers import fresh_db, make_comparisons
 
 from rlhf_loop.export import ranking_records
@@ -174,7 +174,7 @@ def test_data_page_imports_gold_items_and_refuses_a_bad_file_whole(data_dir: Pat
     bad = gold_line("a", [1, 2, 3]) + "\n" + gold_line("b", [1, 1, 1])
     at.file_uploader[1].set_value(("g.jsonl", bad.encode(), "application/jsonl"))
     next(b for b in at.button if b.label == "Import gold file").click().run()
-    assert "line 2: the ranks are all tied" in at.error[0].value
+    assert "line 2: the ranks are all tied" in as_read(at.error[0].value)
     assert db["comparisons"].count == 0
     good = gold_line(SCRIPT, [1, 2, 3]) + "\n" + gold_line("b", [2, 1, 1])
     at.file_uploader[1].set_value(("g.jsonl", good.encode(), "application/jsonl"))

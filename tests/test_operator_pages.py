@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from app_helpers import operator_page
+from app_helpers import as_read, operator_page
 from store_helpers import add_texts, fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
@@ -69,7 +69,7 @@ def test_a_prompt_broken_over_two_lines_is_named_as_the_cause(data_dir: Path) ->
     upload = b'{"prompt": "first"}\n{"prompt": "two\nlines"}\n'
     at.file_uploader[0].set_value(("p.jsonl", upload, "application/jsonl"))
     next(b for b in at.button if b.label == "Import prompt file").click().run()
-    message = at.error[0].value
+    message = as_read(at.error[0].value)
     assert (
         "line 2: not valid JSON: a text in quotes is still open at the end of the line" in message
     )
