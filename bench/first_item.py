@@ -1,9 +1,11 @@
 """Time from ``streamlit run app.py`` to the first rankable item, as a new user meets it.
 
-Cold: a fresh data dir and an empty model cache, so the worker builds the demo model (default
-settings) before it samples. Warm: a second launch on a fresh data dir with the model cached.
+Cold: a fresh data dir and an empty model cache (the default demo model ships built in the
+repository, so nothing is built; a non-default ``demo_pretrain_steps`` would be). Warm: a second
+launch on a fresh data dir.
 The clock starts before Streamlit is launched and stops when the Rank page shows the ranking
-field in headless Chromium; screenshots of the build progress and the first item are saved.
+field in headless Chromium; screenshots of the start (build progress, if any) and the first item
+are saved.
 
     python bench/first_item.py
 
@@ -84,7 +86,7 @@ def main() -> None:
         }
     (OUT / "first_item.json").write_text(json.dumps(result, indent=2))
     print(
-        f"launch -> first rankable item: cold {result['cold_s']:.1f} s (builds the demo model), "
+        f"launch -> first rankable item: cold {result['cold_s']:.1f} s (empty model cache), "
         f"warm {result['warm_s']:.1f} s"
     )
 

@@ -34,7 +34,8 @@ class Settings:
     data_dir: str = "rlhf_data"
     # SQLite file; empty means <data_dir>/rlhf.db.
     db_path: str = ""
-    # Policy model: "demo" (built locally on first use) or any Hugging Face causal-LM id or path.
+    # Policy model: "demo" (shipped built; other step counts built locally on first use) or any
+    # Hugging Face causal-LM id or path.
     model: str = "demo"
     # Cache for the locally built demo model, shared by every data_dir on this machine.
     model_cache_dir: str = "~/.cache/rlhf-loop"
