@@ -40,10 +40,9 @@ from rlhf_loop.arena.degeneration import (  # noqa: E402
     round_proxy_gain,
 )
 from rlhf_loop.config import Settings  # noqa: E402
+from rlhf_loop.demo_command import add_demo_prompts  # noqa: E402
 from rlhf_loop.human_verdicts import standings  # noqa: E402
-from rlhf_loop.model.demo_corpus import demo_prompts  # noqa: E402
 from rlhf_loop.model.loader import resolve_model_path  # noqa: E402
-from rlhf_loop.prompt_import import ParsedPrompts, PromptRow  # noqa: E402
 from rlhf_loop.simulate import (  # noqa: E402
     ArithmeticOracle,
     KeywordOracle,
@@ -53,7 +52,6 @@ from rlhf_loop.simulate import (  # noqa: E402
 from rlhf_loop.simulate_loop import DEMO_LOOP_SETTINGS, LoopCurve, run_loop  # noqa: E402
 from rlhf_loop.store.annotators import annotator_id  # noqa: E402
 from rlhf_loop.store.db import open_db  # noqa: E402
-from rlhf_loop.store.prompts import add_prompts  # noqa: E402
 from rlhf_loop.store.submissions import submit  # noqa: E402
 from rlhf_loop.store.tasks import next_task  # noqa: E402
 from rlhf_loop.store.versions import list_versions  # noqa: E402
@@ -169,8 +167,7 @@ def one_run(args: argparse.Namespace, seed: int) -> dict:
             },
         )
         db = open_db(settings.resolved_db_path)
-        rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(200))]
-        add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "demo")
+        add_demo_prompts(db, 200)
         annotator = SimulatedAnnotator(
             ORACLES[args.oracle](), noise=0.3, tie_threshold=0.5, seed=seed
         )

@@ -1,5 +1,6 @@
 """Command line: ``python -m rlhf_loop worker`` runs the background worker in this terminal;
-``build-demo`` rewrites the demo model shipped in the repository."""
+``build-demo`` rewrites the demo model shipped in the repository; ``demo`` runs the whole loop
+headless with simulated annotators and prints how it learns."""
 
 from __future__ import annotations
 
@@ -33,11 +34,21 @@ def main(argv: list[str] | None = None) -> int:
         "build-demo",
         help="rebuild the shipped demo model (rlhf_loop/model/demo_shipped) from the default spec",
     )
+    demo = commands.add_parser(
+        "demo", help="watch the loop learn: the whole loop headless with simulated annotators"
+    )
+    from rlhf_loop.demo_command import add_demo_arguments
+
+    add_demo_arguments(demo)
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         from rlhf_loop.auth_cli import hash_password_command
 
         return hash_password_command()
+    if args.command == "demo":  # its own fresh data dir and settings: no configuration read
+        from rlhf_loop.demo_command import demo_command
+
+        return demo_command(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

@@ -1,0 +1,51 @@
+"""Smoke test of ``python -m rlhf_loop demo`` on the tests' small model: one iteration, a few
+rankings. The learning claim itself lives in bench/ and the README's measured figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rlhf_loop.__main__ import main
+
+
+def test_demo_prints_one_line_per_iteration_and_writes_json(
+    tmp_path: Path, demo_model_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data_dir = tmp_path / "demo"
+    argv = ["demo", "--iterations", "1", "--rankings", "12", "--seed", "0"]
+    code = main([*argv, "--model", str(demo_model_path), "--data-dir", str(data_dir)])
+    assert code == 0
+    out = capsys.readouterr().out
+    line = re.search(
+        r"^iteration 1: (\d+) rankings; reward model v1 held-out accuracy (\S+) (\S+, \S+|n/a) "
+        r"on (\d+) pairs; (.+); live v(\d+) arithmetic correctness ([0-9.]+); KL (\S+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert line, out
+    assert int(line[1]) == 12
+    result = json.loads((data_dir / "demo.json").read_text())
+    assert result["oracle"] == "arithmetic" and result["seed"] == 0
+    before, first = result["iterations"]
+    assert before["iteration"] == 0 and before["rankings"] == 0
+    assert first["iteration"] == 1 and first["rankings"] == 12
+    assert first["reward_version"] == 1 and first["heldout_pairs"] == int(line[4])
+    assert first["oracle_metric"] == "arithmetic correctness"
+    assert 0.0 <= first["oracle_value"] <= 1.0
+    assert f"{first['oracle_value']:.3f}" == line[7]
+    assert first["round_ran"] == (first["kl"] is not None)
+    assert result["summary"]["start"] == before["oracle_value"]
+    assert result["summary"]["end"] == first["oracle_value"]
+    assert result["summary"]["kl_within_budget"]
+    plotted = (data_dir / "demo.png").exists()
+    assert plotted == ("plot: " in out), out
+
+
+def test_demo_refuses_a_used_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "rlhf.db").write_text("")
+    assert main(["demo", "--data-dir", str(tmp_path), "--model", "unused"]) == 2
+    assert "fresh --data-dir" in capsys.readouterr().out
