@@ -10,29 +10,34 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlite_utils
 import torch
 from store_helpers import fresh_db
 
 from rlhf_loop.config import Settings
-from rlhf_loop.model.demo_corpus import demo_prompts
-from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
+from rlhf_loop.demo_command import HUMAN_DEMO_SETTINGS, add_demo_prompts
 from rlhf_loop.simulate import LengthOracle, SimulatedAnnotator
-from rlhf_loop.simulate_loop import DEMO_LOOP_SETTINGS, run_loop
-from rlhf_loop.store.prompts import add_prompts
+from rlhf_loop.simulate_loop import DEMO_LOOP_SETTINGS, LoopCurve, run_loop
+
+
+def _two_iterations(
+    tmp_path: Path, model: Path, settings: dict
+) -> tuple[LoopCurve, sqlite_utils.Database]:
+    """Two loop iterations of 64 rankings by an annotator who prefers ~5-word answers."""
+    torch.manual_seed(0)
+    db = fresh_db(tmp_path)
+    add_demo_prompts(db)
+    annotator = SimulatedAnnotator(
+        LengthOracle(target_words=5), noise=0.3, tie_threshold=0.5, seed=0
+    )
+    config = Settings(data_dir=str(tmp_path), **settings)
+    return run_loop(db, config, str(model), annotator, 2, 64), db
 
 
 def test_loop_raises_the_oracle_score_with_bounded_kl(
     tmp_path: Path, demo_model_path: Path
 ) -> None:
-    torch.manual_seed(0)
-    settings = Settings(data_dir=str(tmp_path), **DEMO_LOOP_SETTINGS)
-    db = fresh_db(tmp_path)
-    rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(200))]
-    add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "demo")
-    annotator = SimulatedAnnotator(
-        LengthOracle(target_words=5), noise=0.3, tie_threshold=0.5, seed=0
-    )
-    curve = run_loop(db, settings, str(demo_model_path), annotator, 2, 64)
+    curve, _ = _two_iterations(tmp_path, demo_model_path, DEMO_LOOP_SETTINGS)
     print(f"oracle score per iteration: {curve.oracle_scores}; KL: {curve.kl}")
     assert curve.oracle_scores[-1] > curve.oracle_scores[0] + 0.5  # a word closer to the target
     assert all(kl < 10.0 for kl in curve.kl), curve.kl  # nats per response, against the base
@@ -43,18 +48,7 @@ def test_loop_under_human_adoption_promotes_the_candidate_people_prefer(
 ) -> None:
     """The smoke test of bench/loop_learning.py: the round's version is a candidate, blind
     items compare it with the base, and people's rankings (the oracle's) make it live."""
-    torch.manual_seed(0)
-    settings = Settings(
-        data_dir=str(tmp_path),
-        **DEMO_LOOP_SETTINGS | {"policy_adoption": "human", "eval_share": 0.3},
-    )
-    db = fresh_db(tmp_path)
-    rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(200))]
-    add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "demo")
-    annotator = SimulatedAnnotator(
-        LengthOracle(target_words=5), noise=0.3, tie_threshold=0.5, seed=0
-    )
-    curve = run_loop(db, settings, str(demo_model_path), annotator, 2, 64)
+    curve, db = _two_iterations(tmp_path, demo_model_path, HUMAN_DEMO_SETTINGS)
     print(f"live versions {curve.live_versions}; events {curve.events}")
     assert curve.live_versions[1] == curve.live_versions[0]  # a candidate does not serve at once
     assert curve.live_versions[-1] != curve.live_versions[0]
