@@ -196,6 +196,7 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
 def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bool:
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
     from rlhf_loop.blind_items import add_blind_items
+    from rlhf_loop.model.loader import ModelLoadError
     from rlhf_loop.sampler import sample_responses
     from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
     from rlhf_loop.store.gold import recount_gold_tokens
@@ -222,16 +223,28 @@ def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bo
     blind = _blind_pair(db, settings, len(batch))
     if blind is not None:
         pair, count = blind
-        add_blind_items(
-            db, policy, live, pair, batch[:count], params, random.Random(time.time_ns())
-        )
-        batch = batch[count:]
+        try:
+            add_blind_items(
+                db, policy, live, pair, batch[:count], params, random.Random(time.time_ns())
+            )
+            batch = batch[count:]
+        except (ModelLoadError, OSError, ValueError) as exc:
+            # a version whose files are gone must not stop the queue: ordinary items only
+            _note_once(db, "blind_items_unavailable", [r["version"] for r in pair], str(exc))
     if batch:
         samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
         add_comparisons(
             db, version, [pid for pid, _ in batch], samples, params.record(settings.model)
         )
     return True
+
+
+def _note_once(db, kind: str, versions: list[int], error: str) -> None:
+    """One event per pair of versions, not one per batch the worker samples."""
+    if not db["events"].count_where(
+        "kind = ? AND json_extract(payload, '$.versions') = json(?)", [kind, str(versions)]
+    ):
+        log_event(db, kind, versions=versions, error=error)
 
 
 def _blind_pair(db, settings: Settings, batch: int) -> tuple[tuple[dict, dict], int] | None:

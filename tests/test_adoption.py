@@ -265,3 +265,26 @@ def test_a_live_policy_already_past_the_budget_is_not_trained(
         ppo_round.run_ppo_round(
             job_context(trained, tmp_path, demo_model_path, "ppo_round", ppo_kl_budget=1e-6)
         )
+
+
+def test_a_candidate_whose_files_are_gone_leaves_the_queue_to_ordinary_items(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    from rlhf_loop.worker import _top_up_queue
+
+    class Beat:
+        def report(self, status: str, progress: float | None = None) -> None:
+            pass
+
+    db = fresh_db(tmp_path)
+    base = live_policy(db, MODEL)
+    gone = tmp_path / "deleted-v1"
+    register_version(db, "policy", 1, gone, MODEL, {}, base["id"], adoption=CANDIDATE)
+    add_texts(db, [f"prompt {i}" for i in range(8)])
+    settings = Settings(data_dir=str(tmp_path), device="cpu", k=2, max_new_tokens=4, eval_share=0.5)
+    sampler = LivePolicy(str(demo_model_path), "cpu")
+    for _ in range(2):
+        assert _top_up_queue(db, settings, Beat(), sampler, SamplingParams.from_settings(settings))
+    assert db["comparisons"].count == 16
+    assert db["comparisons"].count_where("blind_versions IS NOT NULL") == 0
+    assert db["events"].count_where("kind = 'blind_items_unavailable'") == 1
