@@ -72,7 +72,11 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
     add_gold_items(
         db, [GoldItem("Name a colour.", ["Red.", "A colour, say blue."], [1, 2], 1)], "g"
     )
-    first = subprocess.Popen(WORKER, env=env, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    # The first worker stays idle for 15 s before it exits, so the second meets a held lease
+    # however slowly it starts on a loaded machine (with 1 s, it sometimes met a released one).
+    first = subprocess.Popen(
+        [*WORKER[:-1], "15"], env=env, cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     wait_for(
         lambda: (leases.live_holder(db, LEASE, 60) or {}).get("pid") == first.pid,
         60,
