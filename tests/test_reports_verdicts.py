@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from store_helpers import fresh_db
-from verdict_helpers import add_blind_rankings, add_policy
+from verdict_helpers import add_blind_rankings, add_chain, add_policy
 
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import Standing
@@ -160,26 +160,9 @@ def test_the_fingerprint_changes_with_rankings_and_adoption(data_dir: Path) -> N
     assert verdict_fingerprint(db, "demo") != second
 
 
-def _chain(db, data_dir: Path, rewards: list[float], reward_versions: list[int]) -> None:
-    add_policy(db, data_dir, 0, None, None)
-    for version, (reward, rv) in enumerate(zip(rewards, reward_versions, strict=True), start=1):
-        add_policy(
-            db,
-            data_dir,
-            version,
-            version - 1,
-            "adopted",
-            live=version == len(rewards),
-            reward_after=reward,
-            kl_after=float(version),
-            reward_version=rv,
-            eval_prompts=8,
-        )
-
-
 def test_overoptimisation_points_pair_the_proxy_with_the_gold(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    _chain(db, data_dir, [0.1, 0.5, 0.9], [1, 1, 1])
+    add_chain(db, data_dir, [0.1, 0.5, 0.9], lambda version: {"eval_prompts": 8})
     flat = [
         standing(0, None),
         *(
@@ -214,7 +197,7 @@ def test_overoptimisation_points_pair_the_proxy_with_the_gold(data_dir: Path) ->
 
 def test_the_lineage_follows_the_newest_version_past_a_side_branch(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    _chain(db, data_dir, [0.1, 0.5], [1, 2])
+    add_chain(db, data_dir, [0.1, 0.5], lambda v: {"reward_version": v, "eval_prompts": 8})
     add_policy(db, data_dir, 3, 1, "candidate", reward_after=0.2, reward_version=3)
     points = overoptimisation_points(db, "demo", [])
     assert [p["version"] for p in lineage(points)] == [0, 1, 3]

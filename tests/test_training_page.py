@@ -12,7 +12,7 @@ import pandas as pd
 from app_helpers import operator_page
 from store_helpers import fresh_db
 from streamlit.testing.v1 import AppTest
-from verdict_helpers import add_blind_rankings, add_policy
+from verdict_helpers import add_blind_rankings, add_chain, add_policy
 
 from rlhf_loop.store.adoption import reject
 from rlhf_loop.store.events import log_event
@@ -170,25 +170,22 @@ def test_reward_versions_show_their_evidence_and_the_gate_reason(data_dir: Path)
 
 def test_the_warning_shows_when_the_reward_rises_and_people_see_no_gain(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    add_policy(db, data_dir, 0, None, None)
     stopped = {"step": 7, "kl": 6.4, "budget": 6.0, "updates_kept": 5}
-    for version, reward, kl in ((1, 0.1, 1.0), (2, 0.4, 2.5), (3, 0.9, 5.0)):
-        add_policy(
-            db,
-            data_dir,
-            version,
-            version - 1,
-            "adopted",
-            live=version == 3,
-            reward_after=reward,
-            kl_after=kl,
-            reward_version=version,
-            eval_prompts=16,
-            length_after=20.0 + 10 * version,
-            repeated_ngrams_after=0.05 * version,
-            length_correlation_after=0.3 * version,
-            stopped_early=stopped if version == 3 else None,
-        )
+    add_chain(
+        db,
+        data_dir,
+        [0.1, 0.4, 0.9],
+        lambda version: {
+            "kl_after": {1: 1.0, 2: 2.5, 3: 5.0}[version],
+            "reward_version": version,
+            "eval_prompts": 16,
+            "length_after": 20.0 + 10 * version,
+            "repeated_ngrams_after": 0.05 * version,
+            "length_correlation_after": 0.3 * version,
+            "stopped_early": stopped if version == 3 else None,
+        },
+    )
+    for version in (1, 2, 3):
         add_blind_rankings(db, (version, version - 1), 24, "even")
     at = operator_page(PAGE)
     [warning] = [w.value for w in at.warning if "over-optimisation" in w.value]
@@ -208,19 +205,8 @@ def test_the_warning_shows_when_the_reward_rises_and_people_see_no_gain(data_dir
 
 def test_no_warning_while_people_prefer_each_new_version(data_dir: Path) -> None:
     db = fresh_db(data_dir)
-    add_policy(db, data_dir, 0, None, None)
-    for version, reward in ((1, 0.1), (2, 0.4), (3, 0.9)):
-        add_policy(
-            db,
-            data_dir,
-            version,
-            version - 1,
-            "adopted",
-            live=version == 3,
-            reward_after=reward,
-            kl_after=float(version),
-            reward_version=1,
-        )
+    add_chain(db, data_dir, [0.1, 0.4, 0.9])
+    for version in (1, 2, 3):
         add_blind_rankings(db, (version, version - 1), 24, "mostly first")
     at = operator_page(PAGE)
     assert not [w for w in at.warning if "over-optimisation" in w.value]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,29 @@ def add_policy(
     return register_version(
         db, "policy", version, path, BASE_MODEL, metrics, parent_id, live=live, adoption=adoption
     )
+
+
+def add_chain(
+    db: sqlite_utils.Database,
+    data_dir: Path,
+    rewards: list[float],
+    metrics: Callable[[int], dict[str, Any]] = lambda version: {},
+) -> None:
+    """The base, then one adopted version per reward-model score, each the parent of the next,
+    the newest live; KL grows by one per version unless ``metrics(version)`` says otherwise."""
+    add_policy(db, data_dir, 0, None, None)
+    for version, reward in enumerate(rewards, start=1):
+        defaults = {"kl_after": float(version), "reward_version": 1}
+        add_policy(
+            db,
+            data_dir,
+            version,
+            version - 1,
+            "adopted",
+            live=version == len(rewards),
+            reward_after=reward,
+            **(defaults | metrics(version)),
+        )
 
 
 def add_blind_rankings(
