@@ -82,6 +82,10 @@ class Settings:
     reward_backbone: str = "policy"
     # LoRA rank on the reward backbone; 0 trains all weights (fine for small backbones).
     reward_lora_r: int = 0
+    # Start the reward from the backbone's own mean log-likelihood of each response (a learnt
+    # weight, plus the scalar head): a backbone that knows the answers then ranks right above
+    # wrong before any ranking. Needs a causal LM with its LM head; others get the head alone.
+    reward_likelihood_prior: bool = True
     reward_epochs: int = 4
     reward_lr: float = 3e-4
     # Rankings per optimiser step (each is K forward passes).

@@ -69,8 +69,9 @@ def test_whole_retrain_and_ppo_round_in_bfloat16(
         torch.isfinite(torch.tensor(reward[k])) for k in ("final_loss", "heldout_nll", "log_nu")
     )
     scorer, _, _ = load_reward_model(latest_version(db, "reward")["path"], "cpu", "bfloat16")
-    assert scorer.score.weight.dtype == torch.float32
-    assert scorer.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    # the default form: the causal LM (its likelihood prior) in bf16, head and weight float32
+    assert scorer.score.weight.dtype == scorer.lm_weight.dtype == torch.float32
+    assert scorer.lm.transformer.h[0].attn.c_attn.weight.dtype == torch.bfloat16
 
     ctx = job_context(db, tmp_path, demo_model_path, "ppo_round", **settings)
     result = ppo_round.run_ppo_round(ctx)

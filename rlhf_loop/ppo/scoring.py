@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf_loop.reward.data import exchange_text
+from rlhf_loop.reward.data import reward_inputs
 from rlhf_loop.reward.model import flat_rewards, rewards_as_trained
 
 MAX_UNSCORABLE_SHARE = 0.5
@@ -34,21 +34,15 @@ def score(
 ) -> torch.Tensor:
     """One reward per (prompt, response), on the CPU, on the scale the version's loss shaped
     (``meta`` is the version's metadata, which says how it was trained)."""
-    tokenizer.truncation_side = "left"
     scores = []
     for start in range(0, len(prompts), batch_size):
-        texts = [
-            exchange_text(tokenizer, p, r)
-            for p, r in zip(
-                prompts[start : start + batch_size],
-                responses[start : start + batch_size],
-                strict=True,
-            )
-        ]
-        inputs = tokenizer(
-            texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        inputs = reward_inputs(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            max_length,
         )
-        scores.append(flat_rewards(model, dict(inputs)).cpu())
+        scores.append(flat_rewards(model, inputs).cpu())
     return rewards_as_trained(torch.cat(scores), meta)
 
 

@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.model.loader import ModelLoadError
-from rlhf_loop.reward.data import exchange_text
+from rlhf_loop.reward.data import reward_inputs
 from rlhf_loop.reward.model import flat_rewards, load_reward_model
 from rlhf_loop.store.db import write_txn
 from rlhf_loop.store.events import log_event
@@ -59,15 +59,8 @@ def score_responses(
     responses: list[str],
     max_length: int,
 ) -> list[float]:
-    tokenizer.truncation_side = "left"
-    inputs = tokenizer(
-        [exchange_text(tokenizer, prompt, r) for r in responses],
-        return_tensors="pt",
-        padding=True,
-        truncation=True,
-        max_length=max_length,
-    )
-    return flat_rewards(model, dict(inputs)).tolist()
+    inputs = reward_inputs(tokenizer, [prompt] * len(responses), responses, max_length)
+    return flat_rewards(model, inputs).tolist()
 
 
 def reprioritise(

@@ -59,6 +59,45 @@ def exchange_text(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str
     return f"{format_prompt(tokenizer, prompt)} {response}"
 
 
+def reward_inputs(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    responses: list[str],
+    max_length: int,
+) -> dict[str, torch.Tensor]:
+    """Token ids, attention mask and ``response_mask`` (1 on tokens that hold response text)
+    for each exchange: the one tokenisation every reward-model pass uses. Long prompts lose
+    their start. The mask comes from character offsets, so a token that merges the separating
+    space with the response's first characters counts as response."""
+    texts = [exchange_text(tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    starts = [len(t) - len(r) for t, r in zip(texts, responses, strict=True)]
+    tokenizer.truncation_side = "left"
+    encode = {"return_tensors": "pt", "padding": True, "truncation": True, "max_length": max_length}
+    if not tokenizer.is_fast:  # no character offsets
+        inputs = dict(tokenizer(texts, **encode))
+        inputs["response_mask"] = tail_mask(tokenizer, responses, inputs["attention_mask"])
+        return inputs
+    inputs = dict(tokenizer(texts, return_offsets_mapping=True, **encode))
+    ends = inputs.pop("offset_mapping")[:, :, 1]
+    inputs["response_mask"] = (ends > torch.tensor(starts)[:, None]) & inputs[
+        "attention_mask"
+    ].bool()
+    return inputs
+
+
+def tail_mask(
+    tokenizer: PreTrainedTokenizerBase, responses: list[str], attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """For tokenizers without offsets: the last real tokens of each row, as many as the
+    response has on its own (with its separating space)."""
+    mask = torch.zeros_like(attention_mask, dtype=torch.bool)
+    for row, response in enumerate(responses):
+        n = len(tokenizer(f" {response}", add_special_tokens=False)["input_ids"])
+        real = attention_mask[row].nonzero().squeeze(-1)
+        mask[row, real[len(real) - min(n, len(real)) :]] = True
+    return mask
+
+
 @dataclass(frozen=True)
 class RankingBatch:
     """B rankings flattened to one forward pass over all their responses.
@@ -79,18 +118,16 @@ class RankingBatch:
 def collate(
     examples: list[RankingExample], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> RankingBatch:
-    """Tokenise every response of every ranking once; long prompts lose their start."""
-    texts, rows, cols = [], [], []
+    """Tokenise every response of every ranking once (``reward_inputs``)."""
+    prompts, responses, rows, cols = [], [], [], []
     k_max = max(len(e.responses) for e in examples)
     rank_grid = torch.zeros(len(examples), k_max, dtype=torch.long)
     for b, example in enumerate(examples):
         for j, (response, rank) in enumerate(zip(example.responses, example.ranks, strict=True)):
-            texts.append(exchange_text(tokenizer, example.prompt, response))
+            prompts.append(example.prompt)
+            responses.append(response)
             rows.append(b)
             cols.append(j)
             rank_grid[b, j] = rank
-    tokenizer.truncation_side = "left"
-    inputs = tokenizer(
-        texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
-    )
-    return RankingBatch(dict(inputs), rank_grid, (torch.tensor(rows), torch.tensor(cols)))
+    inputs = reward_inputs(tokenizer, prompts, responses, max_length)
+    return RankingBatch(inputs, rank_grid, (torch.tensor(rows), torch.tensor(cols)))

@@ -62,7 +62,11 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
     )
     ctx.progress(0.0, f"loading backbone for {len(train)} training rankings")
     model, tokenizer = load_backbone(
-        backbone, settings.device, settings.reward_lora_r, settings.dtype
+        backbone,
+        settings.device,
+        settings.reward_lora_r,
+        settings.dtype,
+        settings.reward_likelihood_prior,
     )
     config = train_config(settings)
 

@@ -5,6 +5,10 @@ uses too: it reads the last non-padding token of a decoder (or the first token o
 such as MiniLM), so one class covers the demo GPT-2, a 0.5B instruct model and an encoder.
 With ``lora_r > 0`` only LoRA adapters and the head train; they are merged before saving, so a
 saved version loads with plain transformers and nothing else.
+
+A causal-LM backbone can instead keep its language-model head and start from the likelihood it
+gives each response (``reward.likelihood``, the default for the policy's own backbone): the
+version then saves the causal LM plus a small head file, and its metadata says ``form``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -26,6 +31,7 @@ from transformers.utils import logging as transformers_logging
 
 from rlhf_loop.artefacts import write_directory
 from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device, resolve_dtype
+from rlhf_loop.reward.likelihood import FORM, LikelihoodReward
 from rlhf_loop.reward.losses import rewards_from_scores
 
 META_FILE = "reward_meta.json"
@@ -51,16 +57,26 @@ def resolve_backbone(name: str) -> str:
 
 
 def load_backbone(
-    name_or_path: str, device: str = "auto", lora_r: int = 0, dtype: str = "auto"
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    name_or_path: str,
+    device: str = "auto",
+    lora_r: int = 0,
+    dtype: str = "auto",
+    likelihood_prior: bool = False,
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """A fresh scalar head on ``name_or_path``, ready to train.
 
     Weights that train are float32: all of them when the whole backbone trains (``lora_r=0``;
     AdamW updates on bfloat16 weights round away), else the adapters and the head, over a
-    frozen backbone in ``dtype``.
+    frozen backbone in ``dtype``. With ``likelihood_prior`` a backbone that has a trained
+    language-model head becomes a ``LikelihoodReward``; one without (an encoder such as MiniLM)
+    gets the plain scalar head, as the prior needs the LM head's knowledge.
     """
     target = resolve_device(device)
     frozen = torch.float32 if lora_r == 0 else resolve_dtype(dtype, target)
+    if likelihood_prior:
+        model = _likelihood_backbone(name_or_path, frozen, lora_r)
+        if model is not None:
+            return model[0].to(target), model[1]
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         with _quiet_transformers():  # the head is new by design: no "MISSING weights" report
@@ -72,8 +88,28 @@ def load_backbone(
     _set_padding(model, tokenizer)
     _with_float32_head(model, frozen)
     if lora_r > 0:
-        model = _with_lora(model, lora_r)
+        model = _with_lora(model, lora_r, "SEQ_CLS")
     return model.to(target), tokenizer
+
+
+def _likelihood_backbone(
+    name_or_path: str, dtype: torch.dtype, lora_r: int
+) -> tuple[LikelihoodReward, PreTrainedTokenizerBase] | None:
+    """The causal LM under a likelihood reward, or None when it has no trained LM head."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        with _quiet_transformers():
+            lm, info = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, output_loading_info=True
+            )
+    except _LOAD_ERRORS:  # also ValueError: not a causal-LM architecture
+        return None
+    if info["missing_keys"] or tokenizer.eos_token_id is None:
+        return None  # an untrained LM head would make the likelihood noise
+    _set_padding(lm, tokenizer)
+    if lora_r > 0:
+        lm = _with_lora(lm, lora_r, "CAUSAL_LM")
+    return LikelihoodReward(lm, tokenizer.eos_token_id), tokenizer
 
 
 # Where sequence-classification models keep their scalar head: decoders (GPT-2, Llama, Qwen2)
@@ -118,12 +154,12 @@ def _set_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> 
     model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def _with_lora(model: PreTrainedModel, r: int) -> PreTrainedModel:
+def _with_lora(model: PreTrainedModel, r: int, task: str) -> PreTrainedModel:
     from peft import LoraConfig, TaskType, get_peft_model
 
     # SEQ_CLS keeps the fresh score head trainable (modules_to_save) beside the adapters.
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
+        task_type=TaskType[task],
         r=r,
         lora_alpha=2 * r,
         lora_dropout=0.0,
@@ -141,8 +177,14 @@ def save_reward_model(
     """Complete before it appears under its final name: a crash mid-save leaves no
     half-written version where a reader could find it."""
 
+    if isinstance(model, LikelihoodReward):
+        meta = meta | {"form": FORM}
+
     def write(tmp: Path) -> None:
-        to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+        if isinstance(model, LikelihoodReward):
+            model.save_head(tmp)
+        lm = model.lm if isinstance(model, LikelihoodReward) else model
+        to_save = lm.merge_and_unload() if hasattr(lm, "merge_and_unload") else lm
         to_save.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
@@ -158,15 +200,22 @@ def load_reward_model(
     path = Path(path)
     if not (path / META_FILE).is_file():
         raise ModelLoadError(f"reward model files are missing at {path}")
+    meta = json.loads((path / META_FILE).read_text())
+    target = resolve_device(device)
+    frozen = resolve_dtype(dtype, target)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
-    except _LOAD_ERRORS as exc:
+        if meta.get("form") == FORM:
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=frozen)
+            _set_padding(lm, tokenizer)
+            model = LikelihoodReward(lm, tokenizer.eos_token_id)
+            model.load_head(path)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+            _set_padding(model, tokenizer)
+            _with_float32_head(model, frozen)
+    except _LOAD_ERRORS as exc:  # KeyError too: a head file without its tensors
         raise ModelLoadError(f"cannot load reward model at {path}: {exc}") from exc
-    _set_padding(model, tokenizer)
-    target = resolve_device(device)
-    _with_float32_head(model, resolve_dtype(dtype, target))
-    meta = json.loads((path / META_FILE).read_text())
     return model.to(target).eval(), tokenizer, meta
 
 
@@ -182,7 +231,10 @@ def rewards_as_trained(scores: torch.Tensor, meta: dict[str, Any]) -> torch.Tens
     return scores
 
 
-def flat_rewards(model: PreTrainedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One scalar per row of ``inputs``."""
+def flat_rewards(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One scalar per row of ``inputs`` (``data.reward_inputs``); only a likelihood reward
+    reads the response mask."""
     device = next(model.parameters()).device
-    return model(**{k: v.to(device) for k, v in inputs.items()}).logits.squeeze(-1).float()
+    keep = isinstance(model, LikelihoodReward)
+    moved = {k: v.to(device) for k, v in inputs.items() if keep or k != "response_mask"}
+    return model(**moved).logits.squeeze(-1).float()

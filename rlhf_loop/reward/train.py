@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.arena.accuracy import accuracy_interval, enough_evidence
 from rlhf_loop.reward.data import RankingExample, collate
+from rlhf_loop.reward.likelihood import LikelihoodReward
 from rlhf_loop.reward.losses import (
     OPENNESS_LABELS,
     PerRankingLoss,
@@ -93,9 +94,14 @@ def train_reward_model(
         if config.learn_ties and not config.prompt_aware
         else None
     )
-    params = [p for p in model.parameters() if p.requires_grad]
-    params += [log_nu] if log_nu is not None else []
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    groups = (
+        model.optimiser_groups(config.lr)
+        if isinstance(model, LikelihoodReward)
+        else [{"params": [p for p in model.parameters() if p.requires_grad], "lr": config.lr}]
+    )
+    groups += [{"params": [log_nu], "lr": config.lr}] if log_nu is not None else []
+    params = [p for group in groups for p in group["params"]]
+    optimiser = torch.optim.AdamW(groups, lr=config.lr, weight_decay=0.0)
     rng = random.Random(config.seed)
     per_epoch = math.ceil(len(train) / config.batch_rankings)
     total = per_epoch * config.epochs
@@ -115,6 +121,8 @@ def train_reward_model(
             optimiser.step()
             step += 1
             point = {"loss": loss.item()}
+            if isinstance(model, LikelihoodReward):
+                point["likelihood_weight"] = model.lm_weight.item()
             if log_nu is not None:
                 point["nu"] = math.exp(log_nu.item())
             outcome.history.append(point)

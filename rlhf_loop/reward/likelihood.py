@@ -1,0 +1,146 @@
+"""A reward model that starts from what its backbone already knows: the likelihood it gives
+the response.
+
+Measured on the demo (issue 12): a scalar head on the last token, trained on 200 noisy rankings,
+ordered new correct-vs-wrong arithmetic answers right 40-46% of the time, while the backbone's own
+mean per-token log-likelihood of the response ordered them right 83% of the time before any
+ranking. The knowledge is there, in the language-model head, and a fresh scalar head does not
+find it from 200 rankings. So this reward is
+
+    r(x, y) = w * mean_t log p(y_t | x, y_<t) + head(h_last)
+
+where y ends with the end-of-text token (the policy wrote it too; without it an empty response
+would have the best possible mean, 0, and a truncated one would not pay for never ending), with
+``w`` starting at 1 and the head at zero: before any ranking the model ranks as the
+backbone's confidence does, and training moves ``w`` (with its own, larger step: Adam moves each
+weight by about its learning rate per step, and one scalar must be able to change sign within an
+epoch when people disagree with the backbone) and the head towards what people prefer. Mean, not
+sum, so longer answers are not penalised for having more tokens. The likelihood and the head come
+from ONE forward pass; logits are computed only at response positions, so a 150k-word vocabulary
+does not cost a logit per prompt token.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PretrainedConfig, PreTrainedModel
+
+FORM = "likelihood"  # the ``form`` recorded in a saved version's metadata
+HEAD_FILE = "likelihood_head.safetensors"
+WEIGHT_LR = 0.1  # learning rate of the likelihood weight ``w`` (see the module docstring)
+
+
+def response_mean_logprob(
+    token_logprobs: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """Mean log-probability over each row's response tokens ([N, T] each); 0 for a row with no
+    response token (an empty response carries no likelihood evidence either way)."""
+    mask = response_mask.to(token_logprobs.dtype)
+    return (token_logprobs * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def with_end_token(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    end_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each row with ``end_id`` written after its last real token (one column longer), that
+    token attended and counted as response."""
+    rows = torch.arange(len(input_ids), device=input_ids.device)
+    at = last_real_positions(attention_mask) + 1
+
+    def widened(tensor: torch.Tensor, padding: int, value: int) -> torch.Tensor:
+        out = torch.cat([tensor, torch.full_like(tensor[:, :1], padding)], dim=1)
+        out[rows, at] = value
+        return out
+
+    ids = widened(input_ids, end_id, end_id)  # the new column is padding where unused
+    attention = widened(attention_mask, 0, 1)
+    response = widened(response_mask.bool(), False, True)
+    return ids, attention, response
+
+
+def last_real_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last attended token, whichever side the padding is on."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)
+
+
+class LikelihoodReward(torch.nn.Module):
+    """A causal LM (or a PEFT wrapper of one), a zero-initialised scalar head, and ``w``.
+
+    Returns an object with ``.logits`` of shape [N, 1], as a sequence-classification model
+    does, so scoring code treats both forms alike.
+    """
+
+    def __init__(
+        self, lm: PreTrainedModel, end_id: int, head_dtype: torch.dtype = torch.float32
+    ) -> None:
+        super().__init__()
+        self.lm, self.end_id = lm, end_id
+        hidden = lm.config.get_text_config().hidden_size
+        self.score = torch.nn.Linear(hidden, 1, bias=False, dtype=head_dtype)
+        torch.nn.init.zeros_(self.score.weight)
+        self.lm_weight = torch.nn.Parameter(torch.ones((), dtype=head_dtype))
+
+    @property
+    def config(self) -> PretrainedConfig:  # read by scoring code, as on a transformers model
+        return self.lm.config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_mask: torch.Tensor,
+        **_: torch.Tensor,
+    ) -> SimpleNamespace:
+        # step 1: the response ends with the end-of-text token, as the policy wrote it
+        input_ids, attention_mask, response_mask = with_end_token(
+            input_ids, attention_mask, response_mask, self.end_id
+        )
+        # step 2: one pass for the final hidden states; the LM's own logits only for the last
+        # position (``logits_to_keep=1``), the rest come from the response positions below
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1]
+        # step 3: token t is predicted from position t-1; score only response tokens
+        predicts = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+        rows, cols = predicts.nonzero(as_tuple=True)
+        logits = self.lm.get_output_embeddings()(hidden[rows, cols]).float()
+        picked = torch.log_softmax(logits, -1).gather(-1, input_ids[rows, cols + 1, None])
+        token_logprobs = hidden.new_zeros(predicts.shape, dtype=torch.float32)
+        token_logprobs[rows, cols] = picked.squeeze(-1)
+        # step 4: the backbone's confidence in the response, weighted, plus the learnt head
+        confidence = response_mean_logprob(token_logprobs, predicts)
+        last = hidden[torch.arange(len(hidden)), last_real_positions(attention_mask)]
+        head = self.score(last.to(self.score.weight.dtype)).squeeze(-1)
+        return SimpleNamespace(logits=(self.lm_weight * confidence + head).unsqueeze(-1))
+
+    def optimiser_groups(self, lr: float) -> list[dict]:
+        """Parameter groups: ``w`` on its own learning rate, everything else on ``lr``."""
+        rest = [p for n, p in self.named_parameters() if p.requires_grad and n != "lm_weight"]
+        return [{"params": rest, "lr": lr}, {"params": [self.lm_weight], "lr": WEIGHT_LR}]
+
+    def save_head(self, directory: Path) -> None:
+        save_file(
+            {
+                "score.weight": self.score.weight.detach().cpu().contiguous(),
+                "lm_weight": self.lm_weight.detach().cpu().reshape(()),
+            },
+            str(directory / HEAD_FILE),
+        )
+
+    def load_head(self, directory: Path) -> None:
+        tensors = load_file(str(directory / HEAD_FILE))
+        with torch.no_grad():
+            self.score.weight.copy_(tensors["score.weight"])
+            self.lm_weight.copy_(tensors["lm_weight"])
