@@ -187,6 +187,13 @@ class CombinedOracle:
         return sum(w * oracle.score(prompt, response) for oracle, w in self.weights)
 
 
+# The preferences an operator can give simulated annotators, by name (the demo command's too).
+BUILT_IN_ORACLES: dict[str, Callable[[], Oracle]] = {
+    "arithmetic": lambda: ArithmeticOracle(),
+    "length": lambda: LengthOracle(target_words=5),
+    "keyword": lambda: KeywordOracle("thank"),
+}
+
 # ---------------------------------------------------------------------------------------------
 # Ranking with noise and ties
 # ---------------------------------------------------------------------------------------------
@@ -297,13 +304,29 @@ def annotate(
     who = annotator_id(db, annotator_name)
     stats = AnnotationStats()
     for _ in range(n):
-        task = next_task(db, who, overlap, assignment_timeout_s)
-        if task is None:
+        judgement = answer_next(db, who, annotator, overlap, assignment_timeout_s)
+        if judgement is None:
             break
-        judgement = annotator.judge(task.prompt, [r.text for r in task.responses])
-        submit(db, who, task.comparison_id, judgement.status, judgement.ranks, judgement.reason)
         _count(stats, judgement)
     return stats
+
+
+def answer_next(
+    db: sqlite_utils.Database,
+    who: int,
+    annotator: SimulatedAnnotator,
+    overlap: int = 1,
+    assignment_timeout_s: float = 1800,
+) -> Judgement | None:
+    """Take annotator ``who``'s next task and answer it at once, as the Rank page would; None
+    when the queue has nothing for them. Nothing is held between the two calls but the judging,
+    so a caller that stops between calls never leaves an item assigned."""
+    task = next_task(db, who, overlap, assignment_timeout_s)
+    if task is None:
+        return None
+    judgement = annotator.judge(task.prompt, [r.text for r in task.responses])
+    submit(db, who, task.comparison_id, judgement.status, judgement.ranks, judgement.reason)
+    return judgement
 
 
 def _count(stats: AnnotationStats, judgement: Judgement) -> None:

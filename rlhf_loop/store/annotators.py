@@ -13,6 +13,9 @@ from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.events import log_event
 
 MAX_NAME_CHARS = 64
+# The role of a simulated annotator (``rlhf_loop.simulate_process``): every ranking it gives is
+# simulated. A role rather than a flag on each ranking, so no code path can forget to set it.
+SIMULATED = "simulated"
 
 
 class AnnotatorNameError(ValueError):
@@ -31,24 +34,40 @@ def clean_name(name: str) -> str:
     return name
 
 
-def annotator_id(db: sqlite_utils.Database, name: str, role: str = "annotator") -> int:
-    """The id of ``name``, registering it on first use."""
+def annotator_id(
+    db: sqlite_utils.Database,
+    name: str,
+    role: str = "annotator",
+    simulation_run: int | None = None,
+) -> int:
+    """The id of ``name``, registering it on first use (a simulated one with its run).
+
+    A person cannot take a simulated annotator's name nor a simulation a person's: their
+    rankings would then count as the other kind's (see ``SIMULATED``)."""
     name = clean_name(name)
     known = _lookup(db, name)  # the common case, a read: no write lock on every page run
     if known is not None:
-        return known
+        return _same_kind(known, role)
     with write_txn(db):
         known = _lookup(db, name)
         if known is not None:
-            return known
-        new_id = db["annotators"].insert({"name": name, "role": role, "created_at": now()}).last_pk
+            return _same_kind(known, role)
+        row = {"name": name, "role": role, "created_at": now(), "simulation_run": simulation_run}
+        new_id = db["annotators"].insert(row).last_pk
         log_event(db, "annotator_added", new_id, name=name, role=role)
         return new_id
 
 
-def _lookup(db: sqlite_utils.Database, name: str) -> int | None:
+def _lookup(db: sqlite_utils.Database, name: str) -> dict | None:
     rows = list(db["annotators"].rows_where("name = ?", [name], limit=1))
-    return rows[0]["id"] if rows else None
+    return rows[0] if rows else None
+
+
+def _same_kind(known: dict, role: str) -> int:
+    if (known["role"] == SIMULATED) != (role == SIMULATED):
+        kind = "a simulated annotator" if known["role"] == SIMULATED else "a person"
+        raise AnnotatorNameError(f"this name belongs to {kind}; choose another")
+    return known["id"]
 
 
 def record_operator_sign_in(db: sqlite_utils.Database, name: str) -> int:

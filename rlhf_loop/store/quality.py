@@ -10,6 +10,10 @@ use: a retired prompt was judged broken, as suspect as a flagged item), agreemen
 order on gold items: every annotator sees every gold item, so mixing them in would let the
 checks dominate the inter-annotator figures. Nothing here bans anyone; the report is for a
 person to read.
+
+Simulated annotators (role 'simulated') are never in these figures, whether or not the operator
+lets their rankings train: they measure how people agree, and an oracle agreeing with itself
+would inflate them. The Dashboard shows simulated rankings apart (``store.simulated``).
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from rlhf_loop.agreement import (
     seconds_summary,
     shared_items,
 )
-from rlhf_loop.store.training_rankings import LIVE_RANKING, RANKED_ITEMS, TRAINS
+from rlhf_loop.store.annotators import SIMULATED
+from rlhf_loop.store.training_rankings import BY_SIMULATED, LIVE_RANKING, RANKED_ITEMS, TRAINS
 
 
 def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judgement]:
-    """Live rankings as (comparison_id, annotator name, dense ranks), in submission order.
+    """People's live rankings as (comparison_id, annotator name, dense ranks), in submission
+    order; a simulated annotator's never (module docstring).
 
     ``gold``: True for gold items only, False for the rankings that train, None for every live
     ranking.
@@ -47,7 +53,7 @@ def judgements(db: sqlite_utils.Database, gold: bool | None = None) -> list[Judg
         f"""
         SELECT r.comparison_id, a.name, r.ranks FROM {RANKED_ITEMS}
         JOIN annotators a ON a.id = r.annotator_id
-        WHERE {where}
+        WHERE {where} AND NOT ({BY_SIMULATED})
         ORDER BY r.id
         """
     ).fetchall()
@@ -97,7 +103,8 @@ def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """One row per annotator, ordered by name, ready for ``st.dataframe``.
 
     Everyone registered is listed, so a newcomer shows up before their first answer, except
-    operators who never answered: they sign in to run the loop, not to rank.
+    operators who never answered (they sign in to run the loop, not to rank) and simulated
+    annotators (they are no people; the Dashboard shows them apart).
 
     Columns: annotator, ranked, skipped, flagged (live answers), median_s, p90_s (seconds per
     ranking), agreement_tau (mean tau-b vs the leave-one-out consensus on policy items),
@@ -112,7 +119,7 @@ def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     rows = []
     for person in db["annotators"].rows_where(order_by="name"):
         name = person["name"]
-        if person["role"] == "operator" and name not in counts:
+        if person["role"] == SIMULATED or (person["role"] == "operator" and name not in counts):
             continue
         timing = seconds_summary(seconds.get(name, []))
         agree = consensus.get(name)

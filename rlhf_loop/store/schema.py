@@ -247,6 +247,57 @@ def _v6_annotator_aids(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v7_simulated_annotators(db: sqlite_utils.Database) -> None:
+    """Simulated annotators beside people: the background runs that hold them, which run each
+    belongs to, and the operator's choice whether their rankings train and judge versions.
+
+    A simulated annotator is a row of ``annotators`` with role 'simulated' (every ranking it
+    gives is thereby simulated, with no flag on the ranking to forget); ``simulation_run`` names
+    its run. No foreign key there: adding one to an existing table makes SQLite rebuild it, and
+    ``annotators`` is referenced by every ranking.
+    """
+    db["simulation_runs"].create(
+        {
+            "id": int,
+            "oracle": str,
+            "annotators": int,
+            "noise": float,
+            "tie_threshold": float,
+            "pace_s": float,
+            "seed": int,
+            # 'starting', 'running', 'stopped' or 'failed'; a live one beats 'heartbeat_at'.
+            "state": str,
+            "pid": int,
+            "message": str,
+            "started_by": str,
+            "created_at": float,
+            "heartbeat_at": float,
+            "stop_requested_at": float,
+            "ended_at": float,
+        },
+        pk="id",
+        not_null={
+            "oracle",
+            "annotators",
+            "noise",
+            "tie_threshold",
+            "pace_s",
+            "seed",
+            "state",
+            "started_by",
+            "created_at",
+            "heartbeat_at",
+        },
+    )
+    db["annotators"].add_column("simulation_run", int)
+    # One row per change (the newest applies), like the guidelines: who opted in, and when.
+    db["simulated_opt_in"].create(
+        {"id": int, "included": int, "author": str, "created_at": float},
+        pk="id",
+        not_null={"included", "author", "created_at"},
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_labeling,
     _v2_jobs,
@@ -254,6 +305,7 @@ MIGRATIONS: list[Migration] = [
     _v4_quality,
     _v5_adoption,
     _v6_annotator_aids,
+    _v7_simulated_annotators,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -5,12 +5,18 @@ leaves out (a trigger counting rankings that training drops would retrain withou
 An annotator's live ranking is not retracted (an undo replaces a judgement, the redo is the live
 one) and of status 'ranked' (a skip carries no ranking; a flag says the item itself is suspect).
 It trains unless it answers a gold item (those check annotators: the known order is the
-operator's, not theirs) or a prompt an operator retired (judged broken after the fact).
+operator's, not theirs) or a prompt an operator retired (judged broken after the fact), or it is
+a simulated annotator's while the operator has not opted them in (``store.simulated``). The
+opt-in is read from the database inside the condition, so every reader of this one definition
+(reward training, export, retrain trigger, people's verdict on versions) follows a change at once
+without being handed a setting.
 """
 
 from __future__ import annotations
 
 import sqlite_utils
+
+from rlhf_loop.store.annotators import SIMULATED
 
 # An annotator's live ranking ``r``.
 LIVE_RANKING = "r.retracted_at IS NULL AND r.status = 'ranked'"
@@ -22,8 +28,19 @@ RANKED_ITEMS = """
     JOIN prompts p ON p.id = c.prompt_id
 """
 
+# Ranking ``r`` was given by a simulated annotator.
+BY_SIMULATED = f"r.annotator_id IN (SELECT id FROM annotators WHERE role = '{SIMULATED}')"
+
+# The operator's newest choice: simulated rankings train and judge versions (off until chosen).
+SIMULATED_INCLUDED = (
+    "coalesce((SELECT included FROM simulated_opt_in ORDER BY id DESC LIMIT 1), 0) = 1"
+)
+
 # A live ranking that trains, over RANKED_ITEMS.
-TRAINS = f"{LIVE_RANKING} AND c.gold_ranks IS NULL AND p.retired_at IS NULL"
+TRAINS = (
+    f"{LIVE_RANKING} AND c.gold_ranks IS NULL AND p.retired_at IS NULL"
+    f" AND (NOT ({BY_SIMULATED}) OR {SIMULATED_INCLUDED})"
+)
 
 
 def training_ranking_count(db: sqlite_utils.Database) -> int:
