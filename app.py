@@ -20,6 +20,9 @@ if is_operator():
             st.Page("pages/dashboard.py", title="Dashboard", icon=":material/monitoring:"),
             st.Page("pages/training.py", title="Training", icon=":material/model_training:"),
             st.Page("pages/data.py", title="Data", icon=":material/database:"),
+            st.Page(
+                "pages/simulated.py", title="Simulated annotators", icon=":material/smart_toy:"
+            ),
             st.Page("pages/settings.py", title="Settings", icon=":material/settings:"),
         ],
     }

@@ -1,6 +1,7 @@
 """Dashboard page (operators): annotation quality: agreement, gold checks, time, flags.
 
-The figures inform; nothing here bans or down-weights an annotator automatically.
+The figures inform; nothing here bans or down-weights an annotator automatically. They are
+people's: simulated annotators are counted apart, below the people's table.
 """
 
 import altair as alt
@@ -12,6 +13,7 @@ from rlhf_loop.ranking import response_labels
 from rlhf_loop.store.annotator_table import TABLE_COLUMNS, annotator_table
 from rlhf_loop.store.flags import ReviewError, flag_counts, open_flags, review_flag
 from rlhf_loop.store.quality import judgements, overall
+from rlhf_loop.store.simulated import ranking_counts, simulated_annotators
 
 enter_through_app()
 
@@ -83,6 +85,21 @@ st.dataframe(
 if table.without_answers:
     st.caption("Signed up, no answer yet (not in the table):")
     st.text(", ".join(table.without_answers))
+
+counts = ranking_counts(db)
+if counts.simulated or simulated_annotators(db):
+    st.subheader("Simulated annotators")
+    use = (
+        "they train the reward model and count in the verdict on versions (opted in)"
+        if counts.simulated_included
+        else "they neither train nor count in the verdict on versions"
+    )
+    st.caption(
+        f"Live rankings: {counts.human} by people, {counts.simulated} by simulated annotators. "
+        f"Simulated ones are in no figure above; {use}. Start, stop, opt in or remove them on "
+        "the Simulated annotators page."
+    )
+    st.dataframe(simulated_annotators(db), hide_index=True, width="stretch")
 
 pairs = pairwise_tau(judgements(db, gold=False)).rows()
 time_col, pair_col = st.columns(2)

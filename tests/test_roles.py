@@ -99,7 +99,7 @@ def test_an_annotator_sees_no_operator_page_and_cannot_open_one(app_env: Path) -
     fresh_db(app_env)
     at = AppTest.from_file(APP, default_timeout=30).run()
     assert _page_titles(at) == {"Rank", "Operator sign-in"}
-    for page in ("training", "data", "dashboard", "settings"):
+    for page in ("training", "data", "dashboard", "settings", "simulated"):
         with pytest.raises(ValueError, match="Could not find a navigation page"):
             at.switch_page(f"pages/{page}.py")
 

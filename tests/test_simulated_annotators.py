@@ -6,6 +6,7 @@ items, and stops on request or when its app is gone."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
+from app_helpers import operator_page
 from store_helpers import add_texts, fresh_db, make_comparisons
+from streamlit.testing.v1 import AppTest
 from worker_helpers import REPO, wait_for
 
 from rlhf_loop import parent_watch
@@ -306,3 +309,63 @@ def test_a_run_stops_when_the_app_that_started_it_is_killed(
     row = get_run(db, 1)
     assert (row["state"], row["message"]) == (STOPPED, "the app that started it has exited")
     assert time.time() - row["ended_at"] < 15
+
+
+# --- the pages -------------------------------------------------------------------------------
+
+PAGE = "pages/simulated.py"
+
+
+def _button(at: AppTest, label: str):
+    return next(b for b in at.button if b.label == label)
+
+
+def test_the_page_starts_stops_opts_in_and_removes_simulated_rankings(data_dir: Path) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 3, k=3)
+    at = operator_page(PAGE)
+    assert not at.exception and at.title[0].value == "Simulated annotators"
+    at.number_input(key="sim-annotators").set_value(1)
+    at.number_input(key="sim-pace").set_value(0.2)
+    _button(at, "Start simulated annotators").click().run()
+    try:
+        assert "Run 1 started with 1 annotator(s)" in at.success[0].value
+        wait_for(lambda: db["rankings"].count == 3, 20, "the queued items ranked")
+        at.run()
+        assert _button(at, "Remove simulated rankings").disabled  # a run is live
+        _button(at, "Stop run 1").click().run()
+        assert "Run 1 stops after its current ranking" in at.info[0].value
+        wait_for(lambda: get_run(db, 1)["state"] == STOPPED, 10, "the run to stop")
+    finally:
+        pid = get_run(db, 1)["pid"]
+        if get_run(db, 1)["state"] != STOPPED and pid:
+            os.kill(pid, signal.SIGKILL)  # the process this test started
+    at.run()
+    assert "Stop run 1" not in [b.label for b in at.button]
+    assert at.dataframe[0].value["rankings"].tolist() == [3]
+
+    at.toggle[0].set_value(True).run()
+    assert simulated_included(db) and training_ranking_count(db) == 3
+    assert at.toggle[0].value
+
+    _button(at, "Remove simulated rankings").click().run()  # not confirmed
+    assert "Tick the box" in at.error[0].value and ranking_counts(db).simulated == 3
+    at.checkbox(key="sim-remove-sure").check()
+    _button(at, "Remove simulated rankings").click().run()
+    assert "3 simulated answer(s) removed" in at.success[0].value
+    assert ranking_counts(db).simulated == training_ranking_count(db) == 0
+
+
+def test_the_dashboard_shows_simulated_rankings_apart_from_people(
+    data_dir: Path,
+) -> None:
+    db = fresh_db(data_dir)
+    make_comparisons(db, 4, k=3)
+    _person_ranks(db, "ada", 4)
+    _sim_ranks(db, _simulated(db), 4)
+    at = operator_page("pages/dashboard.py")
+    assert not at.exception
+    assert at.metric[2].label == "Annotators" and at.metric[2].value == "1"
+    assert at.dataframe[0].value["annotator"].tolist() == ["ada"]
+    assert "4 by people, 4 by simulated annotators" in " ".join(c.value for c in at.caption)
+    assert at.dataframe[1].value["annotator"].tolist() == ["sim-arithmetic-run1-1"]
