@@ -217,9 +217,12 @@ def sign_in(name: str, password: str) -> str | None:
             st.session_state["failed_sign_ins"] = 0
         log_event(database(), "operator_sign_in_failed", name=name)
         return "Wrong password."
+    try:
+        record_operator_sign_in(database(), name)
+    except AnnotatorNameError as exc:  # a simulated annotator's name: no person's
+        return str(exc)
     st.session_state["operator"] = name
     st.session_state["failed_sign_ins"] = 0
-    record_operator_sign_in(database(), name)
     return None
 
 

@@ -198,3 +198,15 @@ def test_an_operator_page_run_on_its_own_stops_for_a_session_without_sign_in(
     at.run()
     assert "This page is for operators" in at.error[0].value
     assert not at.button and not at.get("download_button") and not at.dataframe
+
+
+def test_a_simulated_annotators_name_cannot_sign_in_as_an_operator(app_env: Path) -> None:
+    from rlhf_loop.store.annotators import SIMULATED, annotator_id
+
+    db = fresh_db(app_env)
+    annotator_id(db, "sim-keyword-run1-1", SIMULATED, 1)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    _sign_in(at, "sim-keyword-run1-1", PASSWORD)
+    assert "belongs to a simulated annotator" in at.error[0].value
+    assert "operator" not in at.session_state
+    assert next(db["annotators"].rows_where("id = 1"))["role"] == SIMULATED

@@ -299,13 +299,18 @@ def test_a_run_stops_when_the_app_that_started_it_is_killed(
     app = subprocess.Popen(
         [sys.executable, "-c", APP, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
+    pid = int(app.stdout.readline())
+    simulation = parent_watch.identity(pid)
     try:
-        simulation = parent_watch.identity(int(app.stdout.readline()))
         wait_for(lambda: "waiting for items" in (get_run(db, 1)["message"] or ""), 20, "a beat")
     finally:
         app.send_signal(signal.SIGKILL)
         app.wait()
-    wait_for(lambda: not parent_watch.is_running(simulation), 10, "the simulation to exit")
+    try:
+        wait_for(lambda: not parent_watch.is_running(simulation), 10, "the simulation to exit")
+    finally:
+        if parent_watch.is_running(simulation):
+            os.kill(pid, signal.SIGKILL)  # started by this test's stand-in app
     row = get_run(db, 1)
     assert (row["state"], row["message"]) == (STOPPED, "the app that started it has exited")
     assert time.time() - row["ended_at"] < 15

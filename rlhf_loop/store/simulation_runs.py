@@ -95,10 +95,14 @@ def claim(db: sqlite_utils.Database, run: int, pid: int) -> dict[str, Any] | Non
 
 
 def beat(db: sqlite_utils.Database, run: int, message: str) -> bool:
-    """Refresh the heartbeat and the line the page shows; True when a stop was requested."""
+    """Refresh the heartbeat and the line the page shows; True when a stop was requested, or
+    when the row is gone (a restored backup that predates the run)."""
     with write_txn(db):
+        row = get_run(db, run)
+        if row is None:
+            return True
         db["simulation_runs"].update(run, {"heartbeat_at": now(), "message": message})
-        return get_run(db, run)["stop_requested_at"] is not None
+        return row["stop_requested_at"] is not None
 
 
 def request_stop(db: sqlite_utils.Database, run: int, by: str) -> bool:
@@ -114,11 +118,13 @@ def request_stop(db: sqlite_utils.Database, run: int, by: str) -> bool:
 
 
 def finish(db: sqlite_utils.Database, run: int, state: str, message: str) -> None:
+    """The run has ended: 'stopped' or 'failed', and why."""
     with write_txn(db):
         at = now()
-        db["simulation_runs"].update(
-            run, {"state": state, "message": message, "ended_at": at, "heartbeat_at": at}
-        )
+        if get_run(db, run) is not None:
+            db["simulation_runs"].update(
+                run, {"state": state, "message": message, "ended_at": at, "heartbeat_at": at}
+            )
         log_event(db, f"simulation_{state}", run=run, message=message)
 
 
