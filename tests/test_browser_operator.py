@@ -215,7 +215,7 @@ def test_no_page_asks_the_network_for_anything(operator: Operator, tmp_path: Pat
     app = operator.start()
     external: list[str] = []
     page = signed_in(operator.browser, app, external)
-    for title in ("Dashboard", "Training", "Data", "Settings", "Rank"):
+    for title in ("Dashboard", "Training", "Data", "Simulated annotators", "Settings", "Rank"):
         open_page(page, title)
         page.wait_for_timeout(1500)  # icons, charts and fonts load after the heading
         expect(page.get_by_test_id("stException")).to_have_count(0)
