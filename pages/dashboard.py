@@ -86,21 +86,6 @@ if table.without_answers:
     st.caption("Signed up, no answer yet (not in the table):")
     st.text(", ".join(table.without_answers))
 
-counts = ranking_counts(db)
-if counts.simulated or simulated_annotators(db):
-    st.subheader("Simulated annotators")
-    use = (
-        "they train the reward model and count in the verdict on versions (opted in)"
-        if counts.simulated_included
-        else "they neither train nor count in the verdict on versions"
-    )
-    st.caption(
-        f"Live rankings: {counts.human} by people, {counts.simulated} by simulated annotators. "
-        f"Simulated ones are in no figure above; {use}. Start, stop, opt in or remove them on "
-        "the Simulated annotators page."
-    )
-    st.dataframe(simulated_annotators(db), hide_index=True, width="stretch")
-
 pairs = pairwise_tau(judgements(db, gold=False)).rows()
 time_col, pair_col = st.columns(2)
 with time_col:
@@ -127,6 +112,22 @@ with pair_col:
         st.altair_chart(heat, width="stretch")
     else:
         st.text("No item has been ranked by two annotators yet.")
+
+counts = ranking_counts(db)
+simulated = simulated_annotators(db)
+if simulated:
+    st.subheader("Simulated annotators")
+    use = (
+        "they train the reward model and count in the verdict on versions (opted in)"
+        if counts.simulated_included
+        else "they neither train nor count in the verdict on versions"
+    )
+    st.caption(
+        f"Live rankings: {counts.human} by people, {counts.simulated} by simulated annotators. "
+        f"Simulated ones are in no figure above; {use}. Start, stop, opt in or remove them on "
+        "the Simulated annotators page."
+    )
+    st.dataframe(simulated, hide_index=True, width="stretch")
 
 
 def on_review(ranking_id: int, decision: str) -> None:

@@ -16,6 +16,7 @@ from rlhf_loop.store.simulated import (
     remove_simulated,
     set_simulated_included,
     simulated_annotators,
+    simulated_included,
 )
 from rlhf_loop.store.simulation_runs import (
     MAX_ANNOTATORS,
@@ -173,9 +174,11 @@ def runs() -> None:
         hide_index=True,
         width="stretch",
     )
+    counts = ranking_counts(db)
     st.caption(
-        f"'rankings' counts live ones (not removed). A run stops after its current ranking; "
-        f"'lost' means its process ended without saying so (see {LOG_FILE} in the data folder)."
+        f"'rankings' counts live ones (not removed): {counts.simulated} simulated in all, "
+        f"{counts.human} by people. A run stops after its current ranking; 'lost' means its "
+        f"process ended without saying so (see {LOG_FILE} in the data folder)."
     )
     for r in live:
         st.button(
@@ -187,20 +190,19 @@ def runs() -> None:
 
 runs()
 
-counts = ranking_counts(db)
+included = simulated_included(db)
 st.subheader("Use in training and version comparisons")
-key = f"sim-included-{counts.simulated_included}"  # a fresh widget after anyone's change
+key = f"sim-included-{included}"  # a fresh widget after anyone's change
 st.toggle(
     "Simulated rankings train the reward model and count in people's verdict on versions",
-    value=counts.simulated_included,
+    value=included,
     key=key,
     on_change=on_include,
     args=(key,),
 )
 st.caption(
-    f"{counts.simulated} live simulated ranking(s), {counts.human} by people. Off, training, "
-    "exports, the retrain trigger and the verdict on candidate versions use people's rankings "
-    "only. Agreement figures never include simulated annotators."
+    "Off, training, exports, the retrain trigger and the verdict on candidate versions use "
+    "people's rankings only. Agreement figures never include simulated annotators."
 )
 
 st.subheader("Remove simulated rankings")
