@@ -26,9 +26,8 @@ from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.sampler import LivePolicy, SamplingParams, sample_responses
 from rlhf_loop.simulate import (
+    BUILT_IN_ORACLES,
     ArithmeticOracle,
-    KeywordOracle,
-    LengthOracle,
     Oracle,
     SimulatedAnnotator,
     parse_arithmetic,
@@ -38,11 +37,7 @@ from rlhf_loop.store.db import open_db
 from rlhf_loop.store.prompts import add_prompts, prompt_texts_in_use
 from rlhf_loop.store.versions import list_versions, live_policy
 
-DEMO_ORACLES = {
-    "arithmetic": lambda: ArithmeticOracle(),
-    "length": lambda: LengthOracle(target_words=5),
-    "keyword": lambda: KeywordOracle("thank"),
-}
+DEMO_ORACLES = BUILT_IN_ORACLES  # the Simulated annotators page offers the same
 DEMO_PROMPTS = 200
 NOISE, TIE_THRESHOLD = 0.3, 0.5
 CORRECTNESS_SAMPLES = 8  # per held-out arithmetic prompt

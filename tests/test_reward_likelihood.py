@@ -1,6 +1,7 @@
-"""The likelihood-prior reward (``reward.likelihood``): it starts as the backbone's own mean
-log-likelihood of the response with its end token, follows people when they disagree with the
-backbone, saves and loads whole, and steps aside for backbones without a trained LM head."""
+"""The likelihood-prior reward (``reward.likelihood``): it starts as the backbone's own
+log-likelihood of the response with its end token, above what the backbone expects of its own
+samples; a stock phrase appended does not buy reward; it follows people when they disagree with
+the backbone, saves and loads whole, and steps aside for backbones without a trained LM head."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from rlhf_loop.reward.data import RankingExample, exchange_text, reward_inputs, 
 from rlhf_loop.reward.likelihood import (
     FORM,
     LikelihoodReward,
-    response_mean_logprob,
+    excess_logprob,
     with_end_token,
 )
 from rlhf_loop.reward.model import flat_rewards, load_backbone, load_reward_model, save_reward_model
@@ -39,10 +40,16 @@ def test_end_token_goes_after_the_last_real_token_on_either_padding_side() -> No
     assert [t.int().tolist() for t in left] == [[[0, 5, 6, 9]], [[0, 1, 1, 1]], [[0, 0, 1, 1]]]
 
 
-def test_mean_log_probability_counts_only_response_tokens() -> None:
-    logprobs = torch.tensor([[-9.0, -1.0, -3.0], [-5.0, -5.0, -2.0]])
-    mask = torch.tensor([[0, 1, 1], [0, 0, 1]])
-    assert response_mean_logprob(logprobs, mask).tolist() == [-2.0, -2.0]
+def test_excess_log_probability_is_zero_for_a_typical_token() -> None:
+    uniform = torch.zeros(1, 8)  # every token as likely as the average sample: 0
+    assert excess_logprob(uniform, torch.tensor([3])).item() == pytest.approx(0.0, abs=1e-6)
+    peaked = torch.tensor([[4.0, 0.0, 0.0, 0.0]])
+    above, below = excess_logprob(peaked.repeat(2, 1), torch.tensor([0, 1]))
+    assert above > 0 > below
+    # its expectation under the distribution itself is 0
+    probs = torch.softmax(peaked, -1)[0]
+    expected = sum(probs[t] * excess_logprob(peaked, torch.tensor([t])) for t in range(4))
+    assert expected.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_response_mask_holds_exactly_the_response_text(demo_model_path: Path) -> None:
@@ -62,8 +69,8 @@ def test_response_mask_holds_exactly_the_response_text(demo_model_path: Path) ->
     assert long["input_ids"].shape[1] == 32 and tokenizer.decode(kept).strip() == RESPONSES[0]
 
 
-def _independent_mean_logprob(path: Path, prompt: str, response: str) -> float:
-    """The LM's mean log-probability of the response and its end token, from full logits."""
+def _independent_excess(path: Path, prompt: str, response: str) -> float:
+    """Sum over the response and its end token of log p + entropy, from full logits."""
     lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     text = exchange_text(tokenizer, prompt, response)
@@ -73,7 +80,8 @@ def _independent_mean_logprob(path: Path, prompt: str, response: str) -> float:
     with torch.no_grad():
         logprobs = torch.log_softmax(lm(input_ids=ids).logits[0, :-1], -1)
     picked = logprobs.gather(-1, ids[0, 1:, None]).squeeze(-1)
-    return picked[prefix - 1 :].mean().item()
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return (picked + entropy)[prefix - 1 :].sum().item()
 
 
 def test_untrained_reward_is_the_backbones_confidence(demo_model_path: Path) -> None:
@@ -82,18 +90,39 @@ def test_untrained_reward_is_the_backbones_confidence(demo_model_path: Path) -> 
     with torch.no_grad():
         rewards = flat_rewards(model.eval(), reward_inputs(tokenizer, PROMPTS, RESPONSES, 64))
     for reward, prompt, response in zip(rewards, PROMPTS, RESPONSES, strict=True):
-        expected = _independent_mean_logprob(demo_model_path, prompt, response)
+        expected = _independent_excess(demo_model_path, prompt, response)
         assert reward.item() == pytest.approx(expected, abs=1e-4)
 
 
 def test_an_empty_answer_pays_for_ending_at_once(demo_model_path: Path) -> None:
-    """Without the end token an empty answer would score 0, the best any answer can."""
+    """Without the end token an empty answer would score 0, the score of a typical answer."""
     model, tokenizer = load_backbone(str(demo_model_path), "cpu", likelihood_prior=True)
     with torch.no_grad():
         rewards = flat_rewards(
             model.eval(), reward_inputs(tokenizer, PROMPTS[:1] * 2, ["", RESPONSES[0]], 64)
         )
-    assert rewards[0] < rewards[1] < 0
+    assert rewards[0] < min(0.0, rewards[1].item())
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "rlhf_loop" / "model" / "demo_shipped"
+FILLER = " Let me know if you have more questions."
+
+
+def test_a_stock_phrase_neither_pays_nor_hides_a_wrong_answer() -> None:
+    """What PPO found against the mean log-likelihood: a predictable phrase appended raises the
+    mean and dilutes a wrong number. On the shipped demo model (which knows its sums), the
+    right answer must beat the wrong one with the phrase, and the phrase must not pay."""
+    model, tokenizer = load_backbone(str(SHIPPED), "cpu", likelihood_prior=True)
+    sums = [(a, b) for a in range(1, 9, 2) for b in range(2, 10, 2)]
+    prompts = [f"What is {a} + {b}?" for a, b in sums]
+    right = [f"{a} + {b} = {a + b}." for a, b in sums]
+    wrong = [f"{a} + {b} = {a + b + 2}.{FILLER}" for a, b in sums]
+    padded = [f"{r}{FILLER}" for r in right]
+    with torch.no_grad():
+        inputs = reward_inputs(tokenizer, prompts * 3, right + wrong + padded, 64)
+        rewards = flat_rewards(model.eval(), inputs).view(3, len(sums))
+    assert (rewards[0] > rewards[1]).float().mean() >= 0.8
+    assert (rewards[2] <= rewards[0] + 0.1).float().mean() >= 0.8
 
 
 def _likelihood_rankings(prefer_likely: bool, n: int = 48) -> list[RankingExample]:

@@ -220,13 +220,6 @@ def test_a_schema_v6_database_migrates_with_its_people_unsimulated(tmp_path: Pat
     assert annotator_id(db, "ada") == 1
 
 
-def test_the_demo_command_and_the_page_offer_the_same_oracles() -> None:
-    from rlhf_loop.demo_command import DEMO_ORACLES
-
-    assert sorted(DEMO_ORACLES) == sorted(BUILT_IN_ORACLES)
-    assert all(DEMO_ORACLES[k]() == BUILT_IN_ORACLES[k]() for k in BUILT_IN_ORACLES)
-
-
 # --- the background process ------------------------------------------------------------------
 
 

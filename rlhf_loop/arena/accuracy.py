@@ -76,26 +76,27 @@ def passes_gate(interval: tuple[float, float] | None) -> bool:
 
 def rankings_needed(
     accuracy: float | None,
-    pairs_per_ranking: float,
+    interval: tuple[float, float],
+    heldout_rankings: int,
     heldout_fraction: float,
     existing_rankings: int,
-    z: float = 1.96,
 ) -> int | None:
     """How many more rankings (all, not only held-out) would likely lift the lower bound over 0.5.
 
-    Normal approximation at the current accuracy p: the lower bound p - z·sqrt(p(1-p)/n) exceeds
-    0.5 once n ≥ z²·p(1-p)/(p-0.5)² pairs. Pairs of one ranking are correlated, so this reads
-    "likely", a floor rather than a promise. None when p ≤ 0.5 (or unknown): a model at or below
-    chance does not get past the gate with more data, only with a better model (and the interval
-    then says so more precisely).
+    Scaled from the interval measured, which already holds what a formula over pairs would miss
+    (the pairs of one ranking move together, so 78 pairs can be worth far fewer): its lower
+    half-width shrinks as 1/sqrt(held-out rankings), so it falls under the margin over chance at
+    n·(half-width / margin)² held-out rankings. "Likely": a floor rather than a promise; at
+    least 1, as it is asked only when the gate has not passed. None when the accuracy is at or
+    below chance (or unknown): such a model gets past the gate with a better model, not more
+    data of the same kind.
     """
     if accuracy is None or accuracy <= 0.5:
         return None
-    if pairs_per_ranking <= 0 or not 0 < heldout_fraction <= 1:
-        raise ValueError("pairs_per_ranking must be > 0 and heldout_fraction in (0, 1]")
-    # step 1: strict pairs needed so the half-width is smaller than the margin over chance
-    pairs = z**2 * accuracy * (1 - accuracy) / (accuracy - 0.5) ** 2
-    # step 2: held-out rankings giving that many pairs, then all rankings given the held-out share
-    total = pairs / pairs_per_ranking / heldout_fraction
-    # step 3: minus what exists already
-    return max(0, math.ceil(total) - existing_rankings)
+    if heldout_rankings <= 0 or not 0 < heldout_fraction <= 1:
+        raise ValueError("heldout_rankings must be > 0 and heldout_fraction in (0, 1]")
+    # step 1: held-out rankings at which the lower half-width equals the margin over chance
+    half_width = max(accuracy - interval[0], 0.0)
+    heldout = heldout_rankings * (half_width / (accuracy - 0.5)) ** 2
+    # step 2: all rankings that hold that many held-out ones, minus what exists already
+    return max(1, math.ceil(heldout / heldout_fraction) - existing_rankings)

@@ -31,8 +31,13 @@ def ppo_gate(
             "rankings_needed": None,
         }
     if not passes_gate(None if interval is None else tuple(interval)):
-        per_ranking = pairs / max(1, metrics.get("heldout_rankings", 1))
-        needed = rankings_needed(accuracy, per_ranking, settings.reward_heldout_fraction, rankings)
+        needed = rankings_needed(
+            accuracy,
+            tuple(interval),
+            metrics.get("heldout_rankings", 1),
+            settings.reward_heldout_fraction,
+            rankings,
+        )
         more = (
             f"about {needed} more rankings are likely needed"
             if needed is not None
