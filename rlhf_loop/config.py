@@ -113,6 +113,10 @@ class Settings:
     ppo_minibatch: int = 16
     ppo_lr: float = 1e-3
     ppo_lora_r: int = 8
+    # Learning rate of the final norm, trained beside the adapter: its gain is the policy's
+    # temperature, which no LoRA update can change behind a final norm (see ppo/policy.py).
+    # 0 keeps the norm frozen (only the adapter trains).
+    ppo_norm_lr: float = 3e-2
     # Clipping of the policy ratio and of the value change; weight of the value loss.
     ppo_clip: float = 0.2
     ppo_clip_value: float = 0.2
@@ -203,6 +207,7 @@ class Settings:
             (self.ppo_minibatch >= 1, "ppo_minibatch must be >= 1"),
             (self.ppo_lr > 0, "ppo_lr must be > 0"),
             (self.ppo_lora_r >= 1, "ppo_lora_r must be >= 1"),
+            (self.ppo_norm_lr >= 0, "ppo_norm_lr must be >= 0 (0 keeps the final norm frozen)"),
             (self.ppo_clip > 0 and self.ppo_clip_value > 0, "PPO clip ranges must be > 0"),
             (
                 0 < self.ppo_gamma <= 1 and 0 <= self.ppo_lambda <= 1,

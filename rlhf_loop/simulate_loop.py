@@ -40,7 +40,6 @@ DEMO_LOOP_SETTINGS = {
     "k": 4,
     "max_new_tokens": 24,
     "reward_epochs": 3,
-    "reward_lr": 1e-4,
     "reward_max_length": 64,
     "reward_heldout_fraction": 0.15,
     "ppo_after_reward": False,

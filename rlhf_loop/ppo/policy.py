@@ -4,6 +4,13 @@
 - reference = the same model with the adapter disabled (or, with an EMA reference, a second
               adapter "reference" that trails the policy's), so no second copy of the base
 - value     = a linear head on the policy's last hidden state (shared backbone)
+- the final norm (``train_norm``): trained beside the adapter (peft's ``modules_to_save``).
+  Its gain scales every logit, so it is the policy's temperature, and behind a final
+  LayerNorm/RMSNorm no LoRA update can change that scale: a base that knows the answer but
+  samples widely could only become decisive prompt by prompt. On the demo, one round of 60
+  steps against the same reward model raised held-out arithmetic correctness 0.58 -> 0.71-0.80
+  (3 seeds) with the norm trained on its own, larger step, and to 0.60 without it, while
+  the training prompts' rose to 0.80: the adapter alone memorised, the norm generalised.
 
 A saved version is the adapter (peft's own format, loadable by ``PeftModel.from_pretrained``),
 the value head's weights and a metadata file, written to a temporary directory and renamed.
@@ -45,17 +52,47 @@ class Policy:
         ]
         return adapter + list(self.value_head.parameters())
 
+    def optimiser_groups(self, lr: float, norm_lr: float) -> list[dict[str, Any]]:
+        """The trained final norm on ``norm_lr`` (a few gains that set the temperature move
+        too slowly at an adapter's rate), everything else on ``lr``."""
+        norm = [p for n, p in self._trainable() if _SAVED in n]
+        rest = [p for n, p in self._trainable() if _SAVED not in n]
+        rest += list(self.value_head.parameters())
+        return [{"params": rest, "lr": lr}] + ([{"params": norm, "lr": norm_lr}] if norm else [])
+
+    def _trainable(self) -> list[tuple[str, torch.nn.Parameter]]:
+        return [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if p.requires_grad and REFERENCE not in n
+        ]
+
     def adapter_parameters(self, name: str) -> list[torch.Tensor]:
-        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{name}." in n]
+        return [
+            p
+            for n, p in self.model.named_parameters()
+            if ("lora_" in n or _SAVED in n) and f".{name}." in n
+        ]
 
 
-def _lora_config(r: int) -> LoraConfig:
+_SAVED = "modules_to_save"  # peft's name for a module trained whole beside the adapter
+
+
+def final_norm_name(model: torch.nn.Module) -> str | None:
+    """The full name of the norm right before the LM head (GPT-2 ``transformer.ln_f``, Llama
+    and Qwen2 ``model.norm``): the last norm module registered, or None when there is none."""
+    names = [n for n, m in model.named_modules() if type(m).__name__.endswith("Norm") and n]
+    return names[-1] if names else None
+
+
+def _lora_config(r: int, final_norm: str | None = None) -> LoraConfig:
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=r,
         lora_alpha=2 * r,
         lora_dropout=0.0,  # PPO's ratio needs the same log-probs at rollout and update
         target_modules="all-linear",
+        modules_to_save=[final_norm] if final_norm else None,
     )
 
 
@@ -67,15 +104,40 @@ def _value_head(model: PeftModel, device: torch.device) -> torch.nn.Linear:
 
 
 def new_policy(
-    base_path: str, device: str, lora_r: int, ema_reference: bool = False, dtype: str = "auto"
+    base_path: str,
+    device: str,
+    lora_r: int,
+    ema_reference: bool = False,
+    dtype: str = "auto",
+    train_norm: bool = False,
 ) -> Policy:
-    """Base (in ``dtype``) + a fresh float32 adapter (the identity at first: LoRA's B is zero)."""
+    """Base (in ``dtype``) + a fresh float32 adapter (the identity at first: LoRA's B is zero,
+    the trained norm a copy of the base's)."""
     base, tokenizer = load_causal_lm(base_path, device, dtype)
-    model = get_peft_model(base, _lora_config(lora_r))
+    config = _lora_config(lora_r, final_norm_name(base) if train_norm else None)
+    model = get_peft_model(base, config)
+    if train_norm:
+        _float32_copies(model)
     policy = Policy(model, _value_head(model, base.device), tokenizer, ema_reference)
     if ema_reference:
-        _add_reference_adapter(policy, lora_r)
+        _add_reference_adapter(policy, config)
     return policy
+
+
+def _float32_copies(model: PeftModel) -> None:
+    """The trained copy of the norm in float32 over a half-precision base, like the adapter:
+    it reads its input in float32 and hands the base's dtype on to the LM head. (A saved copy
+    is loaded into a copy in the base's dtype first, so it comes back rounded to it: a 0.1%
+    change of a gain, harmless.)"""
+    for name, module in model.named_modules():
+        base_dtype = next(module.parameters(), torch.empty(0)).dtype
+        if not name.endswith(f"{_SAVED}.default") or base_dtype == torch.float32:
+            continue
+        module.float()
+        module.register_forward_pre_hook(
+            lambda _, args: tuple(a.float() if torch.is_tensor(a) else a for a in args)
+        )
+        module.register_forward_hook(lambda _, __, out, dtype=base_dtype: out.to(dtype))
 
 
 def load_policy(
@@ -92,18 +154,18 @@ def load_policy(
         raise ModelLoadError(f"policy files are missing at {version_dir}")
     base, tokenizer = load_causal_lm(base_path, device, dtype)
     model = PeftModel.from_pretrained(base, version_dir, is_trainable=True)
+    _float32_copies(model)
     head = _value_head(model, base.device)
     head.load_state_dict(torch.load(version_dir / VALUE_HEAD_FILE, map_location=base.device))
-    meta = json.loads((version_dir / META_FILE).read_text())
     policy = Policy(model, head, tokenizer, ema_reference)
     if ema_reference:
-        _add_reference_adapter(policy, meta["lora_r"])
+        _add_reference_adapter(policy, policy.model.peft_config["default"])
     return policy
 
 
-def _add_reference_adapter(policy: Policy, lora_r: int) -> None:
+def _add_reference_adapter(policy: Policy, config: LoraConfig) -> None:
     """A frozen copy of the policy's adapter that an EMA will move slowly after it."""
-    policy.model.add_adapter(REFERENCE, _lora_config(lora_r))
+    policy.model.add_adapter(REFERENCE, config)
     with torch.no_grad():
         for ref, cur in zip(
             policy.adapter_parameters(REFERENCE), policy.adapter_parameters("default"), strict=True

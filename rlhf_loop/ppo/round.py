@@ -116,7 +116,14 @@ def _load_policy(ctx: JobContext, live: dict[str, Any], device: str) -> Policy:
     settings = ctx.settings
     ema = settings.ppo_ema_reference > 0
     if live["path"] is None:
-        return new_policy(ctx.policy_path, device, settings.ppo_lora_r, ema, settings.dtype)
+        return new_policy(
+            ctx.policy_path,
+            device,
+            settings.ppo_lora_r,
+            ema,
+            settings.dtype,
+            train_norm=settings.ppo_norm_lr > 0,
+        )
     try:
         return load_policy(ctx.policy_path, live["path"], device, ema, settings.dtype)
     except ModelLoadError as exc:
@@ -163,7 +170,11 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         else FixedKL(settings.ppo_kl_coef)
     )
     state = Optimisation(
-        torch.optim.AdamW(policy.trainable_parameters(), lr=settings.ppo_lr, weight_decay=0.0),
+        torch.optim.AdamW(
+            policy.optimiser_groups(settings.ppo_lr, settings.ppo_norm_lr),
+            lr=settings.ppo_lr,
+            weight_decay=0.0,
+        ),
         kl_control,
         RunningMoments(),
         torch.Generator(device=policy.device).manual_seed(seed * 1000 + world.rank),
