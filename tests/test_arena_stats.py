@@ -282,15 +282,16 @@ def test_accuracy_bootstrap_equals_a_loop() -> None:
 def test_297_of_297_correct_clears_the_gate_with_a_high_lower_bound() -> None:
     evidence = accuracy_interval([(3, 3)] * 99)
     assert evidence.accuracy == 1.0 and evidence.pairs == 297 and evidence.rankings == 99
-    assert evidence.interval[0] > 0.95
-    assert passes_gate(evidence.interval) and enough_evidence(evidence)
+    assert evidence.interval[0] > 0.95 and evidence.lower_bound > 0.95
+    assert passes_gate(evidence.lower_bound) and enough_evidence(evidence)
 
 
 def test_19_pairs_at_037_contain_chance_and_are_too_few() -> None:
     evidence = accuracy_interval([(1, 3), (2, 3), (0, 3), (1, 3), (1, 3), (2, 4)])
     assert evidence.pairs == 19 and evidence.accuracy == pytest.approx(7 / 19)
     assert evidence.interval[0] < 0.5 < evidence.interval[1]
-    assert not passes_gate(evidence.interval)
+    assert evidence.interval[0] <= evidence.lower_bound < 0.5
+    assert not passes_gate(evidence.lower_bound)
     assert not enough_evidence(evidence)
 
 
@@ -304,22 +305,20 @@ def test_a_wide_interval_is_not_enough_evidence_even_with_many_pairs() -> None:
 def test_no_pairs_give_no_figures() -> None:
     evidence = accuracy_interval([(0, 0), (0, 0)])
     assert evidence == AccuracyEvidence(None, None, 0, 0)
-    assert not passes_gate(evidence.interval) and not enough_evidence(evidence)
+    assert not passes_gate(evidence.lower_bound) and not enough_evidence(evidence)
 
 
 def test_rankings_needed_scales_the_measured_interval() -> None:
-    # lower half-width 0.15 at 0.6 on 20 held-out rankings: 20·(0.15/0.1)² = 45 held-out,
+    # lower bound 0.45, 0.15 under 0.6, on 20 held-out rankings: 20·(0.15/0.1)² = 45 held-out,
     # 225 rankings at 20% held out, 125 more than the 100 there are
-    assert rankings_needed(0.6, (0.45, 0.75), 20, 0.2, existing_rankings=100) == 125
-    assert rankings_needed(0.6, (0.45, 0.75), 20, 0.2, existing_rankings=500) == 1  # never "0"
-    assert rankings_needed(0.8, (0.45, 0.9), 20, 0.2, 0) < rankings_needed(
-        0.6, (0.45, 0.75), 20, 0.2, 0
-    )
-    assert rankings_needed(0.5, (0.4, 0.6), 20, 0.2, 0) is None
-    assert rankings_needed(0.4, (0.3, 0.5), 20, 0.2, 0) is None
-    assert rankings_needed(None, (0.4, 0.6), 20, 0.2, 0) is None
+    assert rankings_needed(0.6, 0.45, 20, 0.2, existing_rankings=100) == 125
+    assert rankings_needed(0.6, 0.45, 20, 0.2, existing_rankings=500) == 1  # never "0"
+    assert rankings_needed(0.8, 0.45, 20, 0.2, 0) < rankings_needed(0.6, 0.45, 20, 0.2, 0)
+    assert rankings_needed(0.5, 0.4, 20, 0.2, 0) is None
+    assert rankings_needed(0.4, 0.3, 20, 0.2, 0) is None
+    assert rankings_needed(None, 0.4, 20, 0.2, 0) is None
     with pytest.raises(ValueError):
-        rankings_needed(0.7, (0.4, 0.9), 20, 0.0, 0)
+        rankings_needed(0.7, 0.4, 20, 0.0, 0)
 
 
 def test_rankings_needed_is_enough_most_of_the_time() -> None:
@@ -337,13 +336,13 @@ def test_rankings_needed_is_enough_most_of_the_time() -> None:
     estimated = passed = 0
     for trial in range(40):
         first = accuracy_interval(held_out(12), samples=500, seed=trial)
-        if first.accuracy is None or first.accuracy <= 0.5 or passes_gate(first.interval):
+        if first.accuracy is None or first.accuracy <= 0.5 or passes_gate(first.lower_bound):
             continue  # nothing to estimate in this trial
         estimated += 1
-        needed = rankings_needed(first.accuracy, first.interval, 12, 0.2, 60)
+        needed = rankings_needed(first.accuracy, first.lower_bound, 12, 0.2, 60)
         later = accuracy_interval(held_out(round((60 + needed) * 0.2)), samples=500, seed=trial)
-        passed += passes_gate(later.interval)
-    assert estimated >= 10 and passed >= 0.6 * estimated  # measured: 16 of 22
+        passed += passes_gate(later.lower_bound)
+    assert estimated >= 10 and passed >= 0.6 * estimated  # measured: 12 of 16
 
 
 # --- degeneration -------------------------------------------------------------------------------

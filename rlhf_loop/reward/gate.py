@@ -2,8 +2,9 @@
 
 A reward model at chance still produces a reward curve that rises under PPO (0.37 held-out
 accuracy on 19 pairs drove a round whose reward went 0.01 -> 0.75 while answers got worse), so
-an automatic round needs the held-out accuracy interval's lower end above 0.5. An operator can
-still force a round: under human adoption its result is only a candidate, judged blind.
+an automatic round needs the held-out accuracy's one-sided 95% lower bound above 0.5. An
+operator can still force a round: under human adoption its result is only a candidate, judged
+blind.
 """
 
 from __future__ import annotations
@@ -24,16 +25,18 @@ def ppo_gate(
     whose held-out ``metrics`` were measured after training on ``rankings`` rankings."""
     interval = metrics.get("accuracy_interval")
     pairs, accuracy = metrics.get("heldout_pairs", 0), metrics.get("pairwise_accuracy")
+    # versions trained before the one-sided bound was recorded: the interval's lower end
+    bound = metrics.get("accuracy_lower_bound", interval[0] if interval else None)
     if not pairs:
         return {
             "passed": False,
             "reason": "no held-out pair to judge the reward model by: rank more prompts",
             "rankings_needed": None,
         }
-    if not passes_gate(None if interval is None else tuple(interval)):
+    if not passes_gate(bound):
         needed = rankings_needed(
             accuracy,
-            tuple(interval),
+            bound,
             metrics.get("heldout_rankings", 1),
             settings.reward_heldout_fraction,
             rankings,
@@ -46,8 +49,9 @@ def ppo_gate(
         return {
             "passed": False,
             "reason": (
-                f"held-out accuracy {accuracy:.2f} (95% interval {interval[0]:.2f}-"
-                f"{interval[1]:.2f}, {pairs} pairs) is not above chance; {more}"
+                f"held-out accuracy {accuracy:.2f} (one-sided 95% lower bound {bound:.2f}; "
+                f"95% interval {interval[0]:.2f}-{interval[1]:.2f}, {pairs} pairs) is not "
+                f"above chance; {more}"
             ),
             "rankings_needed": needed,
         }
@@ -58,4 +62,8 @@ def ppo_gate(
             "reason": f"candidate policy v{candidate['version']} still awaits people's verdict",
             "rankings_needed": None,
         }
-    return {"passed": True, "reason": "held-out accuracy lies above chance", "rankings_needed": 0}
+    return {
+        "passed": True,
+        "reason": f"held-out accuracy lies above chance (one-sided 95% lower bound {bound:.2f})",
+        "rankings_needed": 0,
+    }

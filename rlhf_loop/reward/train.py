@@ -171,6 +171,7 @@ def evaluate(
         "heldout_pairs": int(total),
         "pairwise_accuracy": correct / total if total else None,
         "accuracy_interval": None if evidence.interval is None else list(evidence.interval),
+        "accuracy_lower_bound": evidence.lower_bound,
         "accuracy_evidence_enough": enough_evidence(evidence),
         "three_way_accuracy": correct3 / total3 if total3 else None,
         "heldout_nll": nll_sum / nll_count if nll_count else None,
