@@ -42,7 +42,7 @@ DEMO_PROMPTS = 200
 NOISE, TIE_THRESHOLD = 0.3, 0.5
 CORRECTNESS_SAMPLES = 8  # per held-out arithmetic prompt
 # The loop as people run it: candidates wait for people's verdict on blind items.
-HUMAN_DEMO_SETTINGS = DEMO_LOOP_SETTINGS | {"policy_adoption": "human", "eval_share": 0.3}
+HUMAN_DEMO_SETTINGS = DEMO_LOOP_SETTINGS | {"policy_adoption": "human", "eval_share": 0.5}
 
 
 def add_demo_prompts(db, n: int = DEMO_PROMPTS) -> None:
