@@ -37,7 +37,7 @@ SCORING_SAMPLES = 4  # per held-out prompt, for the oracle's score
 # Settings under which the demo model learns within minutes on a laptop CPU. A held-out share
 # of 0.3 gives the gate enough pairs to judge a reward model after 128 rankings; 120 steps of
 # 4 samples per prompt make a round's gain large enough for people to see in one iteration of
-# blind items (bench/out/loop_arithmetic_human.json).
+# blind items (bench/out/demo_arithmetic_seed*.json).
 DEMO_LOOP_SETTINGS = {
     "device": "cpu",
     "k": 4,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from rlhf_loop.__main__ import main
+from rlhf_loop.simulate import parse_arithmetic
+from rlhf_loop.store.db import open_db
 
 
 def test_demo_prints_one_line_per_iteration_and_writes_json(
@@ -41,6 +43,10 @@ def test_demo_prints_one_line_per_iteration_and_writes_json(
     assert result["summary"]["start"] == before["oracle_value"]
     assert result["summary"]["end"] == first["oracle_value"]
     assert result["summary"]["kl_within_budget"]
+    # the arithmetic demo ranks arithmetic only: other prompts would dilute its oracle's signal
+    db = open_db(data_dir / "rlhf.db")
+    texts = [r["text"] for r in db["prompts"].rows]
+    assert len(texts) == 180 and all(parse_arithmetic(t) for t in texts)
     plotted = (data_dir / "demo.png").exists()
     assert plotted == ("plot: " in out), out
 

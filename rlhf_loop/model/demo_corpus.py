@@ -113,10 +113,11 @@ def _prompt_pools() -> dict[str, list[str]]:
     return {ARITHMETIC: _arithmetic_prompts(), FACT: _fact_prompts(), OPEN: _open_prompts()}
 
 
-def demo_prompts(n: int, seed: int = 0) -> list[str]:
-    """Distinct prompts of mixed kinds, so a freshly seeded prompt table covers every kind."""
+def demo_prompts(n: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[str]:
+    """Distinct prompts of mixed kinds (or only ``kinds``), so a freshly seeded prompt table
+    covers every kind asked for."""
     rng = random.Random(seed)
-    pools = _prompt_pools()
+    pools = {k: v for k, v in _prompt_pools().items() if kinds is None or k in kinds}
     if n > sum(len(pool) for pool in pools.values()):
         raise ValueError(f"the demo world has fewer than {n} distinct prompts")
     for pool in pools.values():
