@@ -40,6 +40,8 @@ def run_seed(oracle: str, seed: int, iterations: int, adoption: str) -> dict:
                 str(seed),
                 "--iterations",
                 str(iterations),
+                "--adoption",
+                adoption,
                 "--data-dir",
                 f"{tmp}/data",
                 "--out",

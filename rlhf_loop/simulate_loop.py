@@ -23,7 +23,7 @@ from rlhf_loop.arena.strengths import MIN_PAIRS
 from rlhf_loop.blind_items import add_blind_items, blind_count
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import decide, standings, undecided, verdict_figures
-from rlhf_loop.job_runner import JobContext
+from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.ppo.round import run_ppo_round, split_prompts
 from rlhf_loop.reward.job import run_train_reward
 from rlhf_loop.sampler import LivePolicy, SamplingParams, sample_responses
@@ -95,9 +95,15 @@ def _score_version(
 
 
 def _run_job(db, settings: Settings, kind: str, run: Callable, policy_path: str) -> dict:
+    """The job's result; a job that refuses (``JobError``, e.g. a live policy already past the
+    KL budget) fails as the worker would fail it, and its result says why."""
     jobs.enqueue(db, kind, {"reason": "simulated loop"})
     job = jobs.claim(db, "simulated-loop", settings.lease_timeout_s)
-    return run(JobContext(db, settings, job, _Quiet(), policy_path))  # ends the job as done
+    try:
+        return run(JobContext(db, settings, job, _Quiet(), policy_path))  # ends the job as done
+    except JobError as exc:
+        jobs.fail(db, job.id, str(exc))
+        return {"refused": str(exc)}
 
 
 def _sample_items(db, settings: Settings, policy: LivePolicy, params, n: int, seed: int) -> None:
@@ -163,13 +169,18 @@ def run_loop(
         if reject_undecided:
             curve.events += _reject_undecided(db, settings)
         reward = _run_job(db, settings, "train_reward", run_train_reward, policy_path)
-        if reward["ppo_gate"]["passed"] or force_rounds:
-            result = _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
+        gate = reward.get("ppo_gate") or {"passed": False, "reason": reward["refused"]}
+        result = (
+            _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
+            if gate["passed"] or force_rounds
+            else {"refused": gate["reason"]}
+        )
+        if "refused" not in result:
             curve.kl.append(result["kl_after"])
             made = next(r for r in list_versions(db, "policy") if r["version"] == result["version"])
             _score_version(curve, policy, db, settings, oracle, held_out, made)
         else:
-            curve.events.append(f"no round: {reward['ppo_gate']['reason']}")
+            curve.events.append(f"no round: {result['refused']}")
         curve.rankings.append(db["rankings"].count)
         live = live_policy(db, settings.model)
         curve.live_versions.append(live["version"])
