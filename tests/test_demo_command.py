@@ -55,3 +55,31 @@ def test_demo_refuses_a_used_data_dir(tmp_path: Path, capsys: pytest.CaptureFixt
     (tmp_path / "rlhf.db").write_text("")
     assert main(["demo", "--data-dir", str(tmp_path), "--model", "unused"]) == 2
     assert "fresh --data-dir" in capsys.readouterr().out
+
+
+def test_a_refused_round_is_a_reason_not_a_crash(
+    tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live policy already past the KL budget makes the round refuse (``JobError``): the loop
+    records why, fails the job as the worker would, and goes on to the next iteration."""
+    import rlhf_loop.simulate_loop as loop
+    from rlhf_loop.config import Settings
+    from rlhf_loop.demo_command import add_demo_prompts
+    from rlhf_loop.job_runner import JobError
+    from rlhf_loop.simulate import ArithmeticOracle, SimulatedAnnotator
+
+    def refuse(ctx):
+        raise JobError("the live policy v3 is already 8.64 nats per response from the reference")
+
+    monkeypatch.setattr(loop, "run_ppo_round", refuse)
+    db = open_db(tmp_path / "rlhf.db")
+    add_demo_prompts(db, 40)
+    settings = Settings(data_dir=str(tmp_path), **loop.DEMO_LOOP_SETTINGS)
+    annotator = SimulatedAnnotator(ArithmeticOracle(), noise=0.3, tie_threshold=0.5, seed=0)
+    curve = loop.run_loop(db, settings, str(demo_model_path), annotator, 2, 8, force_rounds=True)
+    assert (
+        curve.events
+        == ["no round: the live policy v3 is already 8.64 nats per response from the reference"] * 2
+    )
+    assert [j["status"] for j in db["jobs"].rows_where("kind = 'ppo_round'")] == ["failed"] * 2
+    assert len(curve.live_versions) == 3 and curve.kl == []
