@@ -9,19 +9,15 @@ does not cut it off between taking an item and answering it.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlite_utils
 
-from rlhf_loop import parent_watch
 from rlhf_loop.config import Settings
 from rlhf_loop.simulate import BUILT_IN_ORACLES
 from rlhf_loop.store.simulation_runs import FAILED, SimulationPlan, create_run, finish
-from rlhf_loop.worker_launch import settings_env
+from rlhf_loop.worker_launch import spawn_child
 
 LOG_FILE = "simulate.log"
 
@@ -39,21 +35,10 @@ def start_simulation(
     (nothing recorded) and ``OSError`` when the process cannot start (the run is 'failed')."""
     plan = plan.checked(frozenset(BUILT_IN_ORACLES))
     run = create_run(db, plan, started_by)
-    log_path = settings.resolved_data_dir / LOG_FILE
-    env = os.environ | settings_env(settings)
-    env |= {parent_watch.PARENT_ENV: parent_watch.identity(os.getpid())}
     try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "rlhf_loop.simulate_process", "--run", str(run)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=Path.cwd(),
-            )
+        process = spawn_child(
+            ["rlhf_loop.simulate_process", "--run", str(run)], settings, LOG_FILE, {}
+        )
     except OSError as exc:
         finish(db, run, FAILED, f"could not start: {exc}")
         raise

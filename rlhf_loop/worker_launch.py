@@ -38,6 +38,28 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def spawn_child(
+    module_args: list[str], settings: Settings, log_name: str, extra_env: dict[str, str]
+) -> subprocess.Popen:
+    """``python -m <module_args>`` with the app's settings and identity, logging to
+    ``<data_dir>/<log_name>``. Its own session: Ctrl-C on `streamlit run` does not interrupt
+    it mid-step; it notices the app has gone (``parent_watch``) and stops at a safe point."""
+    log_path = settings.resolved_data_dir / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = os.environ | settings_env(settings) | extra_env
+    env |= {parent_watch.PARENT_ENV: parent_watch.identity(os.getpid())}
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", *module_args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=Path.cwd(),
+        )
+
+
 def recent_failure(db: sqlite_utils.Database) -> str | None:
     """The error of a worker that died in the last RESPAWN_PAUSE_S seconds, if one did."""
     event = last_event(db, FAILED_EVENT, now() - RESPAWN_PAUSE_S)
@@ -53,20 +75,5 @@ def ensure_worker(db: sqlite_utils.Database, settings: Settings) -> int | None:
     token = new_holder()
     if not leases.acquire(db, LEASE, token, os.getpid(), settings.lease_timeout_s):
         return None
-    log_path = settings.resolved_data_dir / "worker.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = os.environ | settings_env(settings)
-    env |= {TOKEN_ENV: token, parent_watch.PARENT_ENV: parent_watch.identity(os.getpid())}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rlhf_loop", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            # Its own session: Ctrl-C on `streamlit run` does not interrupt it mid-save; it
-            # notices the app has gone and stops at a safe point instead.
-            start_new_session=True,
-            cwd=Path.cwd(),
-        )
+    process = spawn_child(["rlhf_loop", "worker"], settings, "worker.log", {TOKEN_ENV: token})
     return process.pid
