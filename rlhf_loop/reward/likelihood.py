@@ -2,10 +2,10 @@
 likely it finds the response than it expects its own answers to be.
 
 Measured on the demo (issue 12): a scalar head on the last token, trained on 200 noisy rankings,
-ordered new correct-vs-wrong arithmetic answers right 40-60% of the time, while the backbone's own
-likelihood (the form below) ordered them right 77-87% of the time before any ranking. The knowledge is there, in
-the language-model head, and a fresh scalar head does not find it from 200 rankings. So this
-reward is
+ordered new correct-vs-wrong arithmetic answers right 40-60% of the time, while the backbone's
+own likelihood (the form below) ordered them right 77-87% of the time before any ranking. The
+knowledge is there, in the language-model head, and a fresh scalar head does not find it from
+200 rankings. So this reward is
 
     r(x, y) = w * sum_t [log p(y_t | x, y_<t) + H_t] + head(h_last)
 
