@@ -39,7 +39,6 @@ from rlhf_loop.store.versions import list_versions, live_policy
 
 DEMO_ORACLES = BUILT_IN_ORACLES  # the Simulated annotators page offers the same
 DEMO_PROMPTS = 200
-ARITHMETIC_PROMPTS, ARITHMETIC_ONLY = 180, (ARITHMETIC,)  # every arithmetic prompt there is
 NOISE, TIE_THRESHOLD = 0.3, 0.5
 CORRECTNESS_SAMPLES = 8  # per held-out arithmetic prompt
 # The loop as people run it: candidates wait for people's verdict on blind items.
@@ -52,8 +51,11 @@ HUMAN_DEMO_SETTINGS = DEMO_LOOP_SETTINGS | {
 }
 
 
-def add_demo_prompts(db, n: int = DEMO_PROMPTS, kinds: tuple[str, ...] | None = None) -> None:
-    """Seed a fresh database with ``n`` prompts of the demo world (mixed kinds, or ``kinds``)."""
+def add_demo_prompts(
+    db, n: int | None = DEMO_PROMPTS, kinds: tuple[str, ...] | None = None
+) -> None:
+    """Seed a fresh database with ``n`` prompts of the demo world (mixed kinds, or ``kinds``;
+    ``n=None``: all of them)."""
     rows = [PromptRow(text=p, line=i + 1) for i, p in enumerate(demo_prompts(n, kinds=kinds))]
     add_prompts(db, ParsedPrompts(rows=rows, duplicates=[], blank_lines=0), "demo")
 
@@ -140,11 +142,10 @@ def run_demo(
     # The arithmetic oracle has no view on other prompts beyond a mild length preference:
     # mixed in, they only dilute its signal. On mixed prompts a candidate 13 points more correct
     # was never adopted: people's verdict over 96 blind rankings read 0.52 [0.47, 0.56].
-    add_demo_prompts(
-        db,
-        ARITHMETIC_PROMPTS if arithmetic else DEMO_PROMPTS,
-        ARITHMETIC_ONLY if arithmetic else None,
-    )
+    if arithmetic:
+        add_demo_prompts(db, None, (ARITHMETIC,))  # every arithmetic prompt there is
+    else:
+        add_demo_prompts(db)
     oracle: Oracle = DEMO_ORACLES[oracle_name]()
     annotator = SimulatedAnnotator(oracle, noise=NOISE, tie_threshold=TIE_THRESHOLD, seed=seed)
     prompts = held_out_arithmetic(db, settings) if arithmetic else []

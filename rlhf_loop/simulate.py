@@ -187,8 +187,8 @@ class CombinedOracle:
         return sum(w * oracle.score(prompt, response) for oracle, w in self.weights)
 
 
-# The preferences an operator can give simulated annotators, by name. The demo command has the
-# same table (DEMO_ORACLES, in a module that imports torch); a test keeps the two equal.
+# The preferences an operator can give simulated annotators, by name; the demo command offers
+# the same (its DEMO_ORACLES is this table).
 BUILT_IN_ORACLES: dict[str, Callable[[], Oracle]] = {
     "arithmetic": lambda: ArithmeticOracle(),
     "length": lambda: LengthOracle(target_words=5),

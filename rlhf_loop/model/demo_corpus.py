@@ -113,12 +113,14 @@ def _prompt_pools() -> dict[str, list[str]]:
     return {ARITHMETIC: _arithmetic_prompts(), FACT: _fact_prompts(), OPEN: _open_prompts()}
 
 
-def demo_prompts(n: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[str]:
+def demo_prompts(n: int | None, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[str]:
     """Distinct prompts of mixed kinds (or only ``kinds``), so a freshly seeded prompt table
-    covers every kind asked for."""
+    covers every kind asked for; ``n=None`` gives all there are."""
     rng = random.Random(seed)
     pools = {k: v for k, v in _prompt_pools().items() if kinds is None or k in kinds}
-    if n > sum(len(pool) for pool in pools.values()):
+    available = sum(len(pool) for pool in pools.values())
+    n = available if n is None else n
+    if n > available:
         raise ValueError(f"the demo world has fewer than {n} distinct prompts")
     for pool in pools.values():
         rng.shuffle(pool)

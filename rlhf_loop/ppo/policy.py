@@ -48,16 +48,14 @@ class Policy:
         return self.value_head.weight.device
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        adapter = [
-            p for n, p in self.model.named_parameters() if p.requires_grad and REFERENCE not in n
-        ]
-        return adapter + list(self.value_head.parameters())
+        return [p for _, p in self._trainable()] + list(self.value_head.parameters())
 
     def optimiser_groups(self, lr: float, norm_lr: float) -> list[dict[str, Any]]:
         """The trained final norm on ``norm_lr`` (a few gains that set the temperature move
         too slowly at an adapter's rate), everything else on ``lr``."""
-        norm = [p for n, p in self._trainable() if _SAVED in n]
-        rest = [p for n, p in self._trainable() if _SAVED not in n]
+        trainable = self._trainable()
+        norm = [p for n, p in trainable if _SAVED in n]
+        rest = [p for n, p in trainable if _SAVED not in n]
         rest += list(self.value_head.parameters())
         return [{"params": rest, "lr": lr}] + ([{"params": norm, "lr": norm_lr}] if norm else [])
 

@@ -113,9 +113,8 @@ def _last_retracted(db: sqlite_utils.Database, annotator: int, comparison_id: in
 
 
 @dataclass(frozen=True)
-class Reopened:
-    """A retracted answer whose task is served again, with what it said, so the page can put
-    the old ranking and comment back in the box for correction."""
+class StoredAnswer:
+    """One of an annotator's answers as stored: what a page needs to show it or refill it."""
 
     ranking_id: int
     comparison_id: int
@@ -123,6 +122,12 @@ class Reopened:
     ranks: list[int] | None
     reason: str | None
     comment: str | None
+
+
+@dataclass(frozen=True)
+class Reopened(StoredAnswer):
+    """A retracted answer whose task is served again, with what it said, so the page can put
+    the old ranking and comment back in the box for correction."""
 
 
 def undo_last(db: sqlite_utils.Database, annotator: int) -> int | None:
@@ -183,15 +188,9 @@ def _retract_and_serve(
 
 
 @dataclass(frozen=True)
-class Answer:
+class Answer(StoredAnswer):
     """One of an annotator's own live answers, as their recent-answers list shows it."""
 
-    ranking_id: int
-    comparison_id: int
-    status: Status
-    ranks: list[int] | None
-    reason: str | None
-    comment: str | None
     created_at: float
     prompt: str
 
