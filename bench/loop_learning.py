@@ -94,7 +94,7 @@ def split_annotator(true: SimulatedAnnotator, proxy: SimulatedAnnotator):
 
 def summarise(db, settings: Settings, curve: LoopCurve) -> dict:
     """The issue's figures for one run: verdicts against the oracle's own scores."""
-    rows = {s.version: s for s in standings(db, settings.model, 20)}
+    rows = {s.version: s for s in standings(db, settings.model, settings.eval_max_comparisons)}
     versions = {v["version"]: v for v in list_versions(db, "policy")}
     final = rows[curve.live_versions[-1]]
     base = curve.live_versions[0]

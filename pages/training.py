@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings, show_worker_state
-from rlhf_loop.arena.strengths import BETTER, MIN_PAIRS, NO_EVIDENCE
-from rlhf_loop.human_verdicts import MIN_RANKINGS, Standing, blind_ranking_count, standings
+from rlhf_loop.arena.sequential import BOUNDARY_AT_BUDGET, MIN_RANKINGS
+from rlhf_loop.arena.strengths import BETTER, NO_EVIDENCE
+from rlhf_loop.human_verdicts import Standing, blind_ranking_count, standings
 from rlhf_loop.reports import (
     PPO_CURVES,
     jobs_table,
@@ -184,11 +185,11 @@ live()
 
 @st.cache_data(max_entries=8, show_spinner="Reading people's verdict from the blind rankings…")
 def cached_standings(
-    db_path: str, fingerprint: tuple, base_model: str, min_pairs: int, _db: Any
+    db_path: str, fingerprint: tuple, base_model: str, budget: int, _db: Any
 ) -> list[Standing]:
     """The bootstrap behind the standings (~0.1 s per thousand resamples) is refitted only when
     the blind rankings or the versions changed: ``fingerprint`` is the cache key."""
-    return standings(_db, base_model, min_pairs)
+    return standings(_db, base_model, budget)
 
 
 DECISION = "_adoption_decision"
@@ -327,14 +328,18 @@ st.caption(
     f"{blind_count} blind rankings so far (items mixing two versions' responses; annotators are "
     f"not told which is whose). eval_share = {config.eval_share:.0%} of new items are blind once "
     "a second version exists. Win rates count a tie as half, with 95% bootstrap intervals over "
-    f"rankings; no verdict from fewer than {MIN_PAIRS} pairs or {MIN_RANKINGS} rankings. "
+    "rankings. The verdict against the parent is a sequential test that may be read after "
+    "every ranking and still errs at most 5% of the time: per ranking, the version's net share "
+    "of its pairs against the parent; z, their mean over its standard error, must reach "
+    f"±{BOUNDARY_AT_BUDGET:.2f}·√(eval_max_comparisons / pairs) (±{BOUNDARY_AT_BUDGET:.2f} once "
+    f"the budget is spent), and nothing is decided on fewer than {MIN_RANKINGS} rankings. "
     + adoption_note
 )
 standing_list = cached_standings(
     str(config.resolved_db_path),
     verdict_fingerprint(db, config.model),
     config.model,
-    MIN_PAIRS,
+    config.eval_max_comparisons,
     db,
 )
 if standing_list:

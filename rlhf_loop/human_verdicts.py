@@ -1,29 +1,30 @@
 """People's verdict on policy versions, from blind comparison items, and what follows from it.
 
 Rankings of blind items (two versions' responses mixed) are read as an arena: version strengths
-by the tie-aware Davidson fit with bootstrap intervals (``rlhf_loop.arena.strengths``). From
-them, a pending candidate is promoted when its win-rate interval against the live version lies
-above 0.5 and rejected when it lies below; under immediate adoption a live version whose interval
-against its parent lies below 0.5 is rolled back. Each decision is an event with its figures.
+by the tie-aware Davidson fit with bootstrap intervals (``rlhf_loop.arena.strengths``), for the
+operator to read. Decisions rest on the direct blind pairs against the parent, judged by a
+sequential test that stays at 5% error however often it is read (``rlhf_loop.arena.sequential``):
+a pending candidate is promoted when people prefer it to the live version, rejected when they
+prefer the live one; under immediate adoption a live version people like less than its parent is
+rolled back. Each decision is an event with its figures.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
 
+from rlhf_loop.arena.sequential import SequentialEvidence, sequential_evidence
 from rlhf_loop.arena.strengths import (
     BETTER,
-    MIN_PAIRS,
     NO_EVIDENCE,
     WORSE,
     BootstrapStrengths,
     bootstrap_strengths,
-    direct_comparisons,
-    verdict,
     win_rate,
     win_rate_interval,
 )
@@ -42,10 +43,6 @@ from rlhf_loop.store.versions import list_versions, live_policy
 
 Ranking = list[tuple[int, int]]
 BOOTSTRAP_SAMPLES = 1000
-# The bootstrap resamples rankings, and the pairs inside one ranking move together: six
-# unanimous rankings make 24 pairs and a zero-width interval. No verdict rests on fewer
-# rankings than this, however many pairs they hold.
-MIN_RANKINGS = 10
 
 
 def blind_ranking_count(db: sqlite_utils.Database) -> int:
@@ -88,9 +85,16 @@ class Standing:
     win_vs_parent: float | None
     win_vs_parent_interval: tuple[float, float] | None
     pairs: int  # cross-version pairs this version took part in
-    parent_pairs: int  # of those, against its parent directly
-    parent_rankings: int  # rankings holding those
+    against_parent: SequentialEvidence | None  # direct blind pairs against its parent
     verdict: str  # against its parent (a candidate's parent is the version live when it was made)
+
+    @property
+    def parent_pairs(self) -> int:
+        return 0 if self.against_parent is None else self.against_parent.pairs
+
+    @property
+    def parent_rankings(self) -> int:
+        return 0 if self.against_parent is None else self.against_parent.rankings
 
 
 def _win(
@@ -103,10 +107,12 @@ def _win(
 
 
 def standings(
-    db: sqlite_utils.Database, base_model: str, min_pairs: int, seed: int = 0
+    db: sqlite_utils.Database, base_model: str, budget: int, seed: int = 0
 ) -> list[Standing]:
     """Every policy version of ``base_model`` with its blind win rates against the base and its
-    parent; versions never compared blind carry None figures (no evidence, not 0.5)."""
+    parent; versions never compared blind carry None figures (no evidence, not 0.5). ``budget``
+    is ``eval_max_comparisons``: the blind pairs by which a verdict is due (see
+    ``rlhf_loop.arena.sequential``)."""
     rankings = blind_rankings(db)
     versions = list_versions(db, "policy")
     versions = [v for v in versions if v["base_model"] == base_model]
@@ -123,9 +129,7 @@ def standings(
             vs_base = _win(boot, row["version"], base if base != row["version"] else None)
             if parent is not None and parent in boot.versions:
                 vs_parent = _win(boot, row["version"], parent)
-                direct = direct_comparisons(rankings, row["version"], parent)
-        parent_pairs = 0 if direct is None else direct.pairs
-        parent_rankings = 0 if direct is None else direct.rankings
+                direct = sequential_evidence(rankings, row["version"], parent, budget)
         result.append(
             Standing(
                 version=row["version"],
@@ -137,13 +141,8 @@ def standings(
                 win_vs_parent=vs_parent[0],
                 win_vs_parent_interval=vs_parent[1],
                 pairs=pairs,
-                parent_pairs=parent_pairs,
-                parent_rankings=parent_rankings,
-                verdict=(
-                    verdict(vs_parent[1], min_pairs, parent_pairs)
-                    if parent_rankings >= MIN_RANKINGS
-                    else NO_EVIDENCE
-                ),
+                against_parent=direct,
+                verdict=NO_EVIDENCE if direct is None else direct.verdict,
             )
         )
     return result
@@ -152,16 +151,24 @@ def standings(
 def verdict_figures(standing: Standing) -> dict[str, Any]:
     """What a decision about ``standing`` is recorded with: the evidence against its parent."""
     interval = standing.win_vs_parent_interval
+    direct = standing.against_parent
     return {
         "win_rate": standing.win_vs_parent,
         "interval": None if interval is None else list(interval),
         "pairs": standing.parent_pairs,
         "rankings": standing.parent_rankings,
         "against": standing.parent,
+        # the sequential test the automatic decision rests on (inf is not JSON: a string)
+        "z": None if direct is None else _finite(direct.z),
+        "z_needed": None if direct is None else _finite(direct.boundary),
     }
 
 
-def decide(db: sqlite_utils.Database, settings: Settings, min_pairs: int = MIN_PAIRS) -> list[str]:
+def _finite(value: float) -> float | str:
+    return round(value, 3) if math.isfinite(value) else str(value)
+
+
+def decide(db: sqlite_utils.Database, settings: Settings) -> list[str]:
     """Apply what people's rankings now say; returns one line per decision taken."""
     live = live_policy(db, settings.model)
     candidate = pending_candidate(db, settings.model)
@@ -171,7 +178,9 @@ def decide(db: sqlite_utils.Database, settings: Settings, min_pairs: int = MIN_P
         return []
     if candidate is None and parent_of(db, live) is None:
         return []
-    by_version = {s.version: s for s in standings(db, settings.model, min_pairs)}
+    by_version = {
+        s.version: s for s in standings(db, settings.model, settings.eval_max_comparisons)
+    }
     if candidate is not None:
         return _judge_candidate(db, settings, by_version[candidate["version"]], live)
     return _judge_live(db, by_version[live["version"]])

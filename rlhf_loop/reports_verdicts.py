@@ -24,6 +24,7 @@ from rlhf_loop.arena.degeneration import (
     proxy_disagreement,
     round_proxy_gain,
 )
+from rlhf_loop.arena.sequential import MIN_RANKINGS
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import Standing, undecided, verdict_figures
 from rlhf_loop.reports import interval_text
@@ -58,6 +59,16 @@ def verdict_fingerprint(db: sqlite_utils.Database, base_model: str) -> tuple:
     return tuple(blind), tuple(tuple(v) for v in versions)
 
 
+def z_text(standing: Standing) -> str:
+    """The sequential test's z against the parent and the |z| a verdict needs at this point."""
+    direct = standing.against_parent
+    if direct is None:
+        return "no evidence"
+    if direct.rankings < MIN_RANKINGS:
+        return f"(needs {MIN_RANKINGS} rankings)"
+    return f"{direct.z:+.2f} (±{direct.boundary:.2f})"
+
+
 def verdict_rows(standings: Sequence[Standing]) -> list[dict[str, Any]]:
     """One table row per policy version, newest first. Text columns where a figure may be
     missing, so that "no evidence" is said in words, not as an empty or zero cell."""
@@ -82,6 +93,7 @@ def verdict_rows(standings: Sequence[Standing]) -> list[dict[str, Any]]:
                 ),
                 "pairs vs parent": s.parent_pairs,
                 "rankings vs parent": s.parent_rankings,
+                "z vs parent (needed now)": z_text(s),
                 "verdict vs parent": "(the base)" if s.parent is None else s.verdict,
             }
         )
@@ -117,7 +129,7 @@ class CandidateView:
         return (
             f"win rate against v{s.parent} {rate_text(s.win_vs_parent, s.win_vs_parent_interval)}"
             f" over {s.parent_pairs} blind pairs in {s.parent_rankings} rankings;"
-            f" verdict: {s.verdict}"
+            f" z {z_text(s)}; verdict: {s.verdict}"
         )
 
 

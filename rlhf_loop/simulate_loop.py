@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 import sqlite_utils
 import torch
 
-from rlhf_loop.arena.strengths import MIN_PAIRS
 from rlhf_loop.blind_items import add_blind_items, blind_count
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import decide, standings, undecided, verdict_figures
@@ -126,7 +125,9 @@ def _reject_undecided(db, settings: Settings) -> list[str]:
     if candidate is None:
         return []
     [standing] = [
-        s for s in standings(db, settings.model, MIN_PAIRS) if s.version == candidate["version"]
+        s
+        for s in standings(db, settings.model, settings.eval_max_comparisons)
+        if s.version == candidate["version"]
     ]
     if not undecided(standing, settings):
         return []

@@ -162,7 +162,9 @@ def test_an_undecided_candidate_is_left_to_the_operator_once(tmp_path: Path) -> 
     assert decide(db, settings) == [] and decide(db, settings) == []
     assert pending_candidate(db, MODEL)["version"] == candidate
     assert db["events"].count_where("kind = 'candidate_undecided'") == 1
-    [standing] = [s for s in standings(db, MODEL, 20) if s.version == candidate]
+    [standing] = [
+        s for s in standings(db, MODEL, settings.eval_max_comparisons) if s.version == candidate
+    ]
     assert standing.win_vs_parent == pytest.approx(0.5, abs=0.01)
     assert standing.verdict == "no evidence yet" and standing.parent_pairs == 80
 
@@ -186,7 +188,7 @@ def test_reward_model_at_chance_does_not_start_a_round_and_says_why(
 ) -> None:
     class Coin:  # a preference with no pattern to learn
         def score(self, prompt: str, response: str) -> float:
-            return random.Random(hash((prompt, response))).random()
+            return random.Random(f"{prompt}\x00{response}").random()  # str seeds: no hash salt
 
     db = fresh_db(tmp_path)
     oracle_rankings(db, 1)  # the corpus comparisons come with it

@@ -4,12 +4,14 @@ reward/policy tables' evidence columns."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from store_helpers import fresh_db
 from verdict_helpers import add_blind_rankings, add_chain, add_policy
 
+from rlhf_loop.arena.sequential import SequentialEvidence
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import Standing
 from rlhf_loop.reports import (
@@ -38,7 +40,15 @@ from rlhf_loop.store.events import log_event
 from rlhf_loop.store.versions import register_version
 
 
-def standing(version: int, parent: int | None, **fields) -> Standing:
+def standing(
+    version: int, parent: int | None, parent_pairs: int = 0, parent_rankings: int = 0, **fields
+) -> Standing:
+    """A standing with the given figures; pairs against the parent carry an even test (z 0)."""
+    against = (
+        SequentialEvidence(parent_rankings, parent_pairs, 0.0, 0.0, math.inf)
+        if parent_pairs
+        else None
+    )
     defaults = {
         "adoption": None,
         "live": False,
@@ -47,8 +57,7 @@ def standing(version: int, parent: int | None, **fields) -> Standing:
         "win_vs_parent": None,
         "win_vs_parent_interval": None,
         "pairs": 0,
-        "parent_pairs": 0,
-        "parent_rankings": 0,
+        "against_parent": against,
         "verdict": "no evidence yet",
     }
     return Standing(version=version, parent=parent, **(defaults | fields))
@@ -113,6 +122,8 @@ def test_candidate_view_counts_the_budget_left_and_says_when_it_is_spent(data_di
         "pairs": 120,
         "rankings": 0,
         "against": 0,
+        "z": 0.0,
+        "z_needed": "inf",
         "verdict": "no evidence yet",
     }
     assert candidate_view(db, settings, [base]) is None  # registered after the standings
