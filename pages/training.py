@@ -331,8 +331,9 @@ st.caption(
     "rankings. The verdict against the parent is a sequential test that may be read after "
     "every ranking and still errs at most 5% of the time: per ranking, the version's net share "
     "of its pairs against the parent; z, their mean over its standard error, must reach "
-    f"±{BOUNDARY_AT_BUDGET:.2f}·√(eval_max_comparisons / pairs) (±{BOUNDARY_AT_BUDGET:.2f} once "
-    f"the budget is spent), and nothing is decided on fewer than {MIN_RANKINGS} rankings. "
+    f"±{BOUNDARY_AT_BUDGET:.2f}·√(eval_max_comparisons / pairs) until the budget is spent (then "
+    f"a bar rising slowly from ±{BOUNDARY_AT_BUDGET:.2f}), and nothing is decided on fewer than "
+    f"{MIN_RANKINGS} rankings. "
     + adoption_note
 )
 standing_list = cached_standings(

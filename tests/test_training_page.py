@@ -59,12 +59,12 @@ def test_a_clearly_better_candidate_shows_better_with_its_evidence_and_promote_m
     assert verdicts(at).loc[0, "win rate vs base (95% interval)"] == "(the base)"
     assert any("60 blind rankings so far" in c.value for c in at.caption)
     assert any("errs at most 5% of the time" in c.value for c in at.caption)
-    # 45 of 60 rankings for v1, 15 against: z 4.43 against ±2.24·√(400 / 240) = ±2.89
-    assert row["z vs parent (needed now)"] == "+4.43 (±2.89)"
+    # 45 of 60 rankings for v1, 15 against: z 4.43 against ±2.33·√(400 / 240) = ±3.00
+    assert row["z vs parent (needed now)"] == "+4.43 (±3.00)"
     assert any("eval_share = 20%" in c.value for c in at.caption)
     shown = " ".join(t.value for t in at.text)
     assert "v1 serves only in blind items against the live version v0" in shown
-    assert "over 240 blind pairs in 60 rankings; z +4.43 (±2.89); verdict: better" in shown
+    assert "over 240 blind pairs in 60 rankings; z +4.43 (±3.00); verdict: better" in shown
 
     button(at, "Promote v1").click().run()
     assert "Policy v1 promoted" in at.success[0].value

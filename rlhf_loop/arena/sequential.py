@@ -2,13 +2,20 @@
 
 A candidate is judged each time blind rankings come in. A 95% interval read again at every look
 is wrong far more often than 5%: on two equal versions, looking after every 16 blind rankings up
-to 128 gave a verdict in 20% of runs (``bench/verdict_power.py``). So the verdict here uses a
-boundary for continuous monitoring, of O'Brien-Fleming shape: with t = pairs / budget (the
-operator's ``eval_max_comparisons``, capped at 1), it takes |z| >= c / sqrt(t). Under no
-difference z·sqrt(t) moves as a Brownian path W(t), which crosses ±c before t = 1 with
-probability at most 4·(1 - Φ(c)); c = 2.2414 makes that 5%, however often the verdict is read.
-Early looks need overwhelming evidence, and at the budget the bar is 2.24, a little above the
-1.96 of a single look.
+to 192 gave a verdict in 23% of runs (``bench/verdict_power.py``). So the verdict here uses a
+boundary for continuous monitoring, of O'Brien-Fleming shape. With t = pairs / budget (the
+operator's ``eval_max_comparisons``), under no difference z·sqrt(t) moves as a Brownian path
+W(t), and P(sup over [0, T] of |W| >= c·sqrt(T)) <= 4·(1 - Φ(c)) for any T. So:
+
+- within the budget (t <= 1), |z| >= c0 / sqrt(t), with 4·(1 - Φ(c0)) = 4%: c0 = 2.33;
+- past it, the normal-mixture boundary (Robbins), |z| >= sqrt((1 + ρ/t)·(ln(1 + t/ρ) +
+  2·ln(1/0.01))) with ρ = 1/4: a path crosses it at any time at most 1% of the time (Ville's
+  inequality on the mixture martingale), and with this ρ the bar stays near 3.6 from one to ten
+  budgets. A live version keeps being checked against its parent (immediate adoption) with the
+  total error still at most 5%, however often and however long the verdict is read.
+
+Early looks need overwhelming evidence; at the budget the bar is 2.33, a little above the 1.96
+of a single look.
 
 The statistic is model-free: per blind ranking, the candidate's net share of its pairs against
 the other version, (wins - losses) / pairs, and z = their mean over its standard error across
@@ -27,7 +34,16 @@ from rlhf_loop.arena.fit import Ranking
 from rlhf_loop.arena.strengths import BETTER, NO_EVIDENCE, WORSE
 
 ALPHA = 0.05  # two-sided: the chance of any verdict, over all looks, between equal versions
-BOUNDARY_AT_BUDGET = NormalDist().inv_cdf(1 - ALPHA / 4)  # 2.2414: P(sup |W| >= c) <= 4(1-Φ(c))
+ALPHA_IN_BUDGET = 0.04  # of it, spent before the budget; the rest on all looks after it
+MIXTURE_SCALE = 0.25  # ρ, in budgets: where the late bar is flattest
+
+
+def _crossing_bar(alpha: float) -> float:
+    """c with 4·(1 - Φ(c)) = alpha: a Brownian path leaves ±c within [0, 1] at most that often."""
+    return NormalDist().inv_cdf(1 - alpha / 4)
+
+
+BOUNDARY_AT_BUDGET = _crossing_bar(ALPHA_IN_BUDGET)  # 2.326
 MIN_RANKINGS = 10  # a mean and spread over fewer rankings is no evidence, however lopsided
 
 
@@ -58,10 +74,15 @@ class SequentialEvidence:
 
 
 def boundary(pairs: int, budget: int) -> float:
-    """|z| a verdict needs after ``pairs`` of a ``budget``: c / sqrt(t), t = pairs / budget <= 1."""
+    """|z| a verdict needs after ``pairs`` blind pairs, ``budget`` being the operator's
+    ``eval_max_comparisons`` (the spending is in the module docstring)."""
     if pairs <= 0:
         return math.inf
-    return BOUNDARY_AT_BUDGET / math.sqrt(min(1.0, pairs / budget))
+    t = pairs / budget
+    if t <= 1:
+        return BOUNDARY_AT_BUDGET / math.sqrt(t)
+    rho, late = MIXTURE_SCALE, ALPHA - ALPHA_IN_BUDGET
+    return math.sqrt((1 + rho / t) * (math.log(1 + t / rho) + 2 * math.log(1 / late)))
 
 
 def net_preferences(rankings: Sequence[Ranking], a: int, b: int) -> tuple[list[float], int]:
