@@ -151,6 +151,11 @@ class Settings:
     # Under "immediate": roll a live version back when people prefer its parent.
     auto_rollback: bool = True
 
+    # Demonstrations (answers written on the Rank page). True: a written answer also counts as a
+    # ranking of its item in which it beats all K responses (the K keep the annotator's order of
+    # them, or tie below it); the page says which. Stored with each answer as it was when written.
+    demonstrations_count_as_rankings: bool = True
+
     @property
     def resolved_data_dir(self) -> Path:
         return Path(self.data_dir).expanduser().resolve()

@@ -27,24 +27,30 @@ import sqlite_utils
 
 from rlhf_loop.ranking import strict_pairs
 from rlhf_loop.store.generations import comparison_generations
-from rlhf_loop.store.training_rankings import RANKED_ITEMS, TRAINS
+from rlhf_loop.store.training_rankings import TRAINS_OR_WRITTEN, WRITTEN_ITEMS
 
 _TRAINING_RANKINGS = f"""
     SELECT r.id, r.comparison_id, r.ranks, r.seconds, r.created_at, a.name AS annotator,
-           c.generation_ids, c.policy_version, p.text AS prompt, p.label
-    FROM {RANKED_ITEMS}
+           c.generation_ids, c.policy_version, p.text AS prompt, p.label,
+           CASE WHEN d.counts_as_ranking = 1 THEN d.id END AS written_id, d.text AS written
+    FROM {WRITTEN_ITEMS}
     JOIN annotators a ON a.id = r.annotator_id
-    WHERE {TRAINS}
+    WHERE {TRAINS_OR_WRITTEN}
     ORDER BY r.id
 """
 
 
 def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
     """One record per ranking that trains (``store.training_rankings``): the prompt, each response
-    with its rank, who and how long."""
+    with its rank, who and how long. A written answer that counts as a ranking is the first
+    response, rank 1, with ``demonstration_id`` and no generation; the K follow below it."""
     for row in db.query(_TRAINING_RANKINGS):
         generations = comparison_generations(db, row["generation_ids"])
-        ranks = json.loads(row["ranks"])
+        ranks = json.loads(row["ranks"]) if row["ranks"] else [1] * len(generations)
+        written = []
+        if row["written_id"] is not None:
+            ranks = [rank + 1 for rank in ranks]
+            written = [_written_response(row["written_id"], row["written"])]
         yield {
             "ranking_id": row["id"],
             "comparison_id": row["comparison_id"],
@@ -54,7 +60,8 @@ def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
             "annotator": row["annotator"],
             "seconds": round(row["seconds"], 3),
             "created_at": row["created_at"],
-            "responses": [
+            "responses": written
+            + [
                 {
                     "generation_id": g["id"],
                     "text": g["text"],
@@ -64,6 +71,17 @@ def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
                 for g, r in zip(generations, ranks, strict=True)
             ],
         }
+
+
+def _written_response(demonstration_id: int, text: str) -> dict[str, Any]:
+    """A written answer among a ranking's responses: no policy wrote it."""
+    return {
+        "generation_id": None,
+        "demonstration_id": demonstration_id,
+        "text": text,
+        "rank": 1,
+        "policy_version": None,
+    }
 
 
 def pair_records(rankings: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]:

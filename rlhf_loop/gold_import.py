@@ -21,6 +21,7 @@ from rlhf_loop.prompt_import import (
     numbered_lines,
 )
 from rlhf_loop.ranking import RankingError, validate_ranks
+from rlhf_loop.text_checks import TextProblem, checked_text
 
 MIN_RESPONSES, MAX_RESPONSES = 2, 9  # the Rank page's digit keys
 DEFAULT_MAX_ITEMS = 10_000
@@ -103,15 +104,7 @@ def _item(record: dict[str, Any], number: int, max_chars: int) -> GoldItem:
 
 
 def _text(value: Any, what: str, number: int, max_chars: int, *, allow_empty: bool = False) -> str:
-    if not isinstance(value, str):
-        raise GoldImportError(f"{what} must be text, found {json_kind(value)}", number)
-    text = value.strip()
-    if not text and not allow_empty:
-        raise GoldImportError(f"{what} is empty", number)
-    if "\x00" in text:
-        raise GoldImportError(f"{what} contains a NUL character", number)
-    if len(text) > max_chars:
-        raise GoldImportError(
-            f"{what} is {len(text):,} characters long; the limit is {max_chars:,}", number
-        )
-    return text
+    try:
+        return checked_text(value, what, max_chars, allow_empty=allow_empty)
+    except TextProblem as exc:
+        raise GoldImportError(str(exc), number) from None

@@ -214,7 +214,7 @@ def test_a_schema_v6_database_migrates_with_its_people_unsimulated(tmp_path: Pat
     old["annotators"].insert({"name": "ada", "role": "annotator", "created_at": 1.0})
     old.conn.close()
     db = open_db(path)
-    assert schema_version(db) == SCHEMA_VERSION == 7
+    assert schema_version(db) == SCHEMA_VERSION
     assert db["annotators"].get(1)["simulation_run"] is None
     assert not simulated_included(db) and ranking_counts(db) == RankingCounts(0, 0, False)
     assert annotator_id(db, "ada") == 1

@@ -26,12 +26,16 @@ class ImportReport:
         if self.already_present:
             parts.append(f"{self.already_present} already in the database")
         if self.duplicate_lines:
-            shown = ", ".join(map(str, self.duplicate_lines[:10]))
-            more = "…" if len(self.duplicate_lines) > 10 else ""
-            parts.append(f"{len(self.duplicate_lines)} duplicate line(s) skipped ({shown}{more})")
+            parts.append(duplicate_lines_note(self.duplicate_lines))
         if self.blank_lines:
             parts.append(f"{self.blank_lines} blank line(s) skipped")
         return "; ".join(parts)
+
+
+def duplicate_lines_note(lines: list[int]) -> str:
+    """The skipped duplicate lines of a file, the first ten by number, for an import summary."""
+    shown = ", ".join(map(str, lines[:10]))
+    return f"{len(lines)} duplicate line(s) skipped ({shown}{'…' if len(lines) > 10 else ''})"
 
 
 def add_prompts(db: sqlite_utils.Database, parsed: ParsedPrompts, source: str) -> ImportReport:

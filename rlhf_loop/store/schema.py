@@ -298,6 +298,43 @@ def _v7_simulated_annotators(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v8_demonstrations(db: sqlite_utils.Database) -> None:
+    """Answers written by people (InstructGPT's demonstrations), from the Rank page or imported.
+
+    A Rank-page demonstration answers its item through a row of ``rankings`` (status 'ranked'
+    when the annotator also ranked the K responses, 'demonstrated' when not) named in
+    ``ranking_id``, so double submits, undo, reopening and the queue's overlap count work as they
+    do for rankings, and a demonstration is live exactly while that row is. An imported one has
+    no ranking, annotator, item nor seconds. ``counts_as_ranking`` records what the page told the
+    annotator when they wrote it (the setting ``demonstrations_count_as_rankings`` then): that the
+    written answer also counts as a ranking above all K responses of the item.
+    """
+    db["demonstrations"].create(
+        {
+            "id": int,
+            "prompt_id": int,
+            "text": str,
+            "annotator_id": int,
+            "seconds": float,
+            # The response the editor was prefilled with; NULL when it started empty.
+            "generation_id": int,
+            "ranking_id": int,
+            "counts_as_ranking": int,
+            # "rank page", or "import:<file name>".
+            "source": str,
+            "created_at": float,
+        },
+        pk="id",
+        # Each names its table (sqlite-utils finds "prompts" for "prompt_id", and so on).
+        foreign_keys=["prompt_id", "annotator_id", "generation_id", "ranking_id"],
+        not_null={"prompt_id", "text", "counts_as_ranking", "source", "created_at"},
+        defaults={"counts_as_ranking": 0},
+    )
+    db["demonstrations"].create_index(["prompt_id"])
+    # One demonstration per answer row; imported ones (NULL) are not constrained by it.
+    db["demonstrations"].create_index(["ranking_id"], unique=True)
+
+
 MIGRATIONS: list[Migration] = [
     _v1_labeling,
     _v2_jobs,
@@ -306,6 +343,7 @@ MIGRATIONS: list[Migration] = [
     _v5_adoption,
     _v6_annotator_aids,
     _v7_simulated_annotators,
+    _v8_demonstrations,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,4 +1,5 @@
-"""Writing an annotator's answer to a task: a ranking, a skip or a flag, and undoing the last one.
+"""Writing an annotator's answer to a task: a ranking, a skip, a flag or a written answer
+(``store.demonstrations``), and undoing the last one.
 
 A ranking row is never edited. Undo marks it retracted and reopens the task; the redo is a new
 row that names the one it supersedes, so the history of every judgement stays readable. Reopening
@@ -19,7 +20,9 @@ from rlhf_loop.ranking import RankingError, validate_ranks
 from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.events import log_event
 
-Status = Literal["ranked", "skipped", "flagged"]
+# 'demonstrated': the annotator wrote a better answer without ranking the K responses; the text
+# is in ``demonstrations`` (a written answer with a ranking is stored as 'ranked').
+Status = Literal["ranked", "skipped", "flagged", "demonstrated"]
 MAX_REASON_CHARS = 2000
 MAX_COMMENT_CHARS = 2000
 # A pause longer than this between two answers ends a sitting (and its streak).
@@ -92,7 +95,7 @@ def submit(
 
 
 def _checked_ranks(status: Status, ranks: list[int | None] | None, k: int) -> list[int] | None:
-    if status == "skipped":
+    if status in ("skipped", "demonstrated"):
         return None
     if status == "flagged" and (ranks is None or all(r is None for r in ranks)):
         return None

@@ -1,0 +1,40 @@
+"""Export of the demonstrations in TRL's conversational SFT format: one
+``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}`` per line.
+
+Why conversational rather than prompt/completion: ``trl.SFTTrainer`` applies the tokenizer's chat
+template to such rows itself, and the same file serves any chat model. The user turn is the
+prompt as annotators saw it. Live demonstrations only (an undone one is a retracted answer), and
+none on a prompt an operator retired (judged broken); tests/test_demonstrations.py loads the file
+with ``datasets.load_dataset("json")``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import sqlite_utils
+
+from rlhf_loop.store.demonstrations import LIVE_DEMONSTRATION
+
+_DEMONSTRATIONS = f"""
+    SELECT p.text AS prompt, d.text AS answer
+    FROM demonstrations d JOIN prompts p ON p.id = d.prompt_id
+    WHERE {LIVE_DEMONSTRATION} AND p.retired_at IS NULL
+    ORDER BY d.id
+"""
+
+
+def sft_records(db: sqlite_utils.Database) -> Iterator[dict[str, list[dict[str, str]]]]:
+    for row in db.query(_DEMONSTRATIONS):
+        yield {
+            "messages": [
+                {"role": "user", "content": row["prompt"]},
+                {"role": "assistant", "content": row["answer"]},
+            ]
+        }
+
+
+def export_sft_jsonl(db: sqlite_utils.Database) -> str:
+    """The Data page's download, here so a test loads exactly the file operators get."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_records(db))
