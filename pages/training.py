@@ -12,11 +12,11 @@ from rlhf_loop.arena.sequential import BOUNDARY_AT_BUDGET, MIN_RANKINGS
 from rlhf_loop.arena.strengths import BETTER, NO_EVIDENCE
 from rlhf_loop.human_verdicts import Standing, blind_ranking_count, standings
 from rlhf_loop.reports import (
-    PPO_CURVES,
     jobs_table,
     metric_columns,
     policy_samples,
     policy_versions_table,
+    ppo_curves,
     reward_accuracy_points,
     reward_versions_table,
     running_job,
@@ -91,7 +91,7 @@ st.session_state[DRAWN] = (page_state(db, config.model), time.monotonic())
 
 def curve_grid(job: dict) -> None:
     """One small chart per logged quantity of a job, three to a row."""
-    names = PPO_CURVES if job["kind"] == "ppo_round" else ["loss", "nu"]
+    names = ppo_curves(db, job["id"]) if job["kind"] == "ppo_round" else ["loss", "nu"]
     curves = metric_columns(db, job["id"], names)
     if not curves["step"]:
         return
@@ -333,8 +333,7 @@ st.caption(
     "of its pairs against the parent; z, their mean over its standard error, must reach "
     f"±{BOUNDARY_AT_BUDGET:.2f}·√(eval_max_comparisons / pairs) until the budget is spent (then "
     f"a bar rising slowly from ±{BOUNDARY_AT_BUDGET:.2f}), and nothing is decided on fewer than "
-    f"{MIN_RANKINGS} rankings. "
-    + adoption_note
+    f"{MIN_RANKINGS} rankings. " + adoption_note
 )
 standing_list = cached_standings(
     str(config.resolved_db_path),

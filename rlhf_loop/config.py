@@ -139,6 +139,14 @@ class Settings:
     # A round stops once a rollout's KL to the reference passes this (nats per response), keeping
     # the weights from before; 0 = no budget.
     ppo_kl_budget: float = 6.0
+    # Reward functions (rlhf_loop.verifiers): "module:attribute=weight, ..." each
+    # fn(prompt, response) -> float | None, added to the reward model's score in PPO. Built in:
+    # rlhf_loop.verifiers:arithmetic, :format_check (verifier_format_pattern), :length_budget
+    # (verifier_max_words). reward_model_weight = 0 runs rounds on the functions alone (RLVR).
+    reward_functions: str = ""
+    reward_model_weight: float = 1.0
+    verifier_format_pattern: str = ""
+    verifier_max_words: int = 0
 
     # Judging policies by people. "human": a finished PPO round is a candidate, shown only in
     # blind comparison items against the live version, made live when people prefer it;
@@ -146,7 +154,8 @@ class Settings:
     policy_adoption: str = "human"
     # Share of new items that mix two versions' responses, blind, once a second version exists.
     eval_share: float = 0.2
-    # Cross-version pairs after which an undecided candidate is left to the operator.
+    # Cross-version pairs after which an undecided candidate is left to the operator; the
+    # verdict's sequential bar is lowest here (rlhf_loop.arena.sequential).
     eval_max_comparisons: int = 400
     # Under "immediate": roll a live version back when people prefer its parent.
     auto_rollback: bool = True
@@ -228,6 +237,8 @@ class Settings:
             ),
             (0 <= self.eval_share <= 1, "eval_share must be in [0, 1]"),
             (self.eval_max_comparisons >= 1, "eval_max_comparisons must be >= 1"),
+            (self.reward_model_weight >= 0, "reward_model_weight must be >= 0 (0: functions only)"),
+            (self.verifier_max_words >= 0, "verifier_max_words must be >= 0"),
             (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),
         ]
         for ok, message in checks:

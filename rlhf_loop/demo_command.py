@@ -41,13 +41,15 @@ DEMO_ORACLES = BUILT_IN_ORACLES  # the Simulated annotators page offers the same
 DEMO_PROMPTS = 200
 NOISE, TIE_THRESHOLD = 0.3, 0.5
 CORRECTNESS_SAMPLES = 8  # per held-out arithmetic prompt
-# The loop as people run it: candidates wait for people's verdict on blind items.
-# The simulated operator rejects a candidate people cannot tell apart within 160 blind pairs
-# (about 1.3 iterations of blind items), so the loop moves on instead of waiting.
+# The loop as people run it: candidates wait for people's verdict on blind items. While one
+# waits every item is blind (blind rankings train the reward model like any other), since the
+# verdict is what the loop waits on: a gain of 16 points needs about 128 blind rankings
+# (bench/out/verdict_power.json). The simulated operator rejects a candidate people cannot tell
+# apart within 512 blind pairs (two iterations), so the loop moves on instead of waiting.
 HUMAN_DEMO_SETTINGS = DEMO_LOOP_SETTINGS | {
     "policy_adoption": "human",
-    "eval_share": 0.5,
-    "eval_max_comparisons": 160,
+    "eval_share": 1.0,
+    "eval_max_comparisons": 512,
 }
 
 

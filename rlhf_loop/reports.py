@@ -12,6 +12,7 @@ import sqlite_utils
 
 from rlhf_loop.store.jobs import job_metrics, recent_jobs
 from rlhf_loop.store.versions import list_versions
+from rlhf_loop.verifiers import FUNCTION_METRIC
 
 
 def _when(timestamp: float | None) -> str:
@@ -127,6 +128,13 @@ def reward_accuracy_points(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 
 PPO_CURVES = ["reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"]
+
+
+def ppo_curves(db: sqlite_utils.Database, job_id: int) -> list[str]:
+    """A round's curves: each reward function's mean value per step beside the total reward."""
+    names = {m["name"] for m in job_metrics(db, job_id)}
+    functions = sorted(n for n in names if n.startswith(FUNCTION_METRIC))
+    return PPO_CURVES[:1] + functions + PPO_CURVES[1:]
 
 
 def stopped_early_text(stopped: dict[str, Any] | None) -> str:

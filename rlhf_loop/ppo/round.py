@@ -1,4 +1,5 @@
-"""The "ppo_round" worker job: improve the live policy against the newest reward model.
+"""The "ppo_round" worker job: improve the live policy against the newest reward model and the
+reward functions the settings name (``rlhf_loop.ppo.rewards``).
 
 Roll out on training prompts, score, optimise, for ``ppo_steps`` batches; evaluate on held-out
 prompts before and after (mean reward, KL to the reference); save the adapter as a new version
@@ -15,21 +16,23 @@ import sqlite_utils
 import torch
 
 from rlhf_loop.arena.degeneration import length_correlation, repeated_ngram_share
-from rlhf_loop.config import Settings
+from rlhf_loop.config import ConfigError, Settings
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
 from rlhf_loop.ppo.distributed import World
 from rlhf_loop.ppo.math import AdaptiveKL, FixedKL, RunningMoments, kl_per_token
 from rlhf_loop.ppo.policy import Policy, load_policy, new_policy, save_policy
+from rlhf_loop.ppo.rewards import SampleRewards
 from rlhf_loop.ppo.rollout import rollout
 from rlhf_loop.ppo.rollout_sampling import SampleConfig
-from rlhf_loop.ppo.scoring import UnscorableBatch, score, usable
+from rlhf_loop.ppo.scoring import UnscorableBatch, usable
 from rlhf_loop.ppo.step import Optimisation, PPOHyper, old_outputs, ppo_step
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.reward.model import load_reward_model
 from rlhf_loop.store.adoption import ADOPTED, CANDIDATE, supersede_candidates
 from rlhf_loop.store.prompts import prompt_texts_in_use
 from rlhf_loop.store.versions import latest_version, live_policy, next_version, register_version
+from rlhf_loop.verifiers import FUNCTION_METRIC, VerifierFailed, reward_functions
 
 KIND = "policy"
 SAMPLES_KEPT = 8  # eval samples stored with a version, for the side-by-side view
@@ -71,7 +74,7 @@ def split_prompts(db: sqlite_utils.Database, settings: Settings) -> tuple[list[s
 
 @torch.no_grad()
 def evaluate_policy(
-    policy: Policy, reward, prompts: list[str], config: SampleConfig, max_length: int, seed: int
+    policy: Policy, rewards: SampleRewards, prompts: list[str], config: SampleConfig, seed: int
 ) -> dict[str, Any]:
     """Mean reward and KL to the reference of one sample per held-out prompt (a fixed seed, so
     before and after see the same sampling noise), and the cheap signs of reward hacking:
@@ -80,7 +83,7 @@ def evaluate_policy(
         return {"mean_reward": None, "kl": None, "samples": []}
     generator = torch.Generator(device=policy.device).manual_seed(seed)
     batch = rollout(policy, prompts, 1, config, generator)
-    scores = score(*reward, batch.prompts, batch.texts, max_length)
+    scores, function_means = _rewards(rewards, batch.prompts, batch.texts)
     old_logp, _, ref_logp = old_outputs(policy, batch)
     mask = batch.response_mask.to(policy.device)
     kl = (kl_per_token(old_logp, ref_logp, "k1") * mask).sum(-1)
@@ -88,6 +91,7 @@ def evaluate_policy(
     lengths = mask.sum(-1).float()
     return {
         "mean_reward": scores[finite].mean().item() if finite.any() else None,
+        "functions": function_means,
         "kl": kl.mean().item(),
         "response_length": lengths.mean().item(),
         "repeated_ngrams": repeated_ngram_share(batch.texts),
@@ -101,15 +105,42 @@ def evaluate_policy(
     }
 
 
-def _load_reward(db: sqlite_utils.Database, device: str, dtype: str):
-    row = latest_version(db, "reward")
-    if row is None:
-        raise JobError("no reward model yet: train one before a PPO round")
+def _rewards(
+    rewards: SampleRewards, prompts: list[str], responses: list[str]
+) -> tuple[torch.Tensor, dict[str, float]]:
     try:
-        model, tokenizer, meta = load_reward_model(row["path"], device, dtype)
-    except ModelLoadError as exc:
-        raise JobError(f"reward model v{row['version']}: {exc}") from None
-    return row, (model, tokenizer, meta)
+        return rewards(prompts, responses)
+    except VerifierFailed as exc:
+        raise JobError(str(exc)) from None
+
+
+def _sample_rewards(
+    db: sqlite_utils.Database, settings: Settings, device: str
+) -> tuple[dict[str, Any] | None, SampleRewards]:
+    """The reward model's registry row (None when the round uses functions only) and the
+    scorer of samples; refuses a round with nothing to reward or a bad function setting."""
+    try:
+        functions = reward_functions(settings)
+    except ConfigError as exc:
+        raise JobError(str(exc)) from None
+    row = None
+    model = None
+    if settings.reward_model_weight > 0:
+        row = latest_version(db, "reward")
+        if row is None:
+            raise JobError(
+                "no reward model yet: train one before a PPO round, or name reward_functions "
+                "and set reward_model_weight = 0 to train on them alone"
+            )
+        try:
+            model = load_reward_model(row["path"], device, settings.dtype)
+        except ModelLoadError as exc:
+            raise JobError(f"reward model v{row['version']}: {exc}") from None
+    elif not functions:
+        raise JobError("reward_model_weight = 0 and no reward_functions: nothing to reward")
+    return row, SampleRewards(
+        model, settings.reward_model_weight, functions, settings.reward_max_length
+    )
 
 
 def _load_policy(ctx: JobContext, live: dict[str, Any], device: str) -> Policy:
@@ -139,7 +170,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
     settings, db = ctx.settings, ctx.db
     device = world.device(settings.device)
     report = ctx.progress if world.is_main else (lambda fraction, message: None)
-    reward_row, reward = _load_reward(db, device, settings.dtype)
+    reward_row, rewards = _sample_rewards(db, settings, device)
     train_prompts, eval_prompts = split_prompts(db, settings)
     if not train_prompts:
         raise JobError("no prompts to train on: import some on the Data page")
@@ -152,7 +183,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
     live = live_policy(db, settings.model)
     report(0.0, f"loading policy v{live['version']}")
     policy = _load_policy(ctx, live, device)
-    config, max_length = sample_config(settings), settings.reward_max_length
+    config = sample_config(settings)
     seed = ctx.job.id
 
     def held_out(label: str) -> dict[str, Any]:
@@ -161,7 +192,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         report(
             0.0 if label == "live" else 1.0, f"evaluating the {label} policy on held-out prompts"
         )
-        return evaluate_policy(policy, reward, eval_prompts, config, max_length, seed)
+        return evaluate_policy(policy, rewards, eval_prompts, config, seed)
 
     before = held_out("live")
     kl_control = (
@@ -189,7 +220,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
     for step in range(1, settings.ppo_steps + 1):
         prompts = world.share(rng.sample(train_prompts, batch_prompts))
         batch = rollout(policy, prompts, settings.ppo_samples_per_prompt, config, state.generator)
-        scores = score(*reward, batch.prompts, batch.texts, max_length)
+        scores, function_means = _rewards(rewards, batch.prompts, batch.texts)
         try:
             keep = usable(scores)
         except UnscorableBatch as exc:
@@ -202,6 +233,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
             break
         last_good, current = current, _trainable_state(policy)
         stats["unscorable"] = float((~keep).sum())
+        stats |= {FUNCTION_METRIC + name: mean for name, mean in function_means.items()}
         if world.is_main:
             ctx.metrics(step, stats)
         report(
@@ -221,7 +253,7 @@ def _publish(
     ctx: JobContext,
     policy: Policy,
     live: dict[str, Any],
-    reward_row: dict[str, Any],
+    reward_row: dict[str, Any] | None,
     eval_count: int,
     before: dict[str, Any],
     after: dict[str, Any],
@@ -233,7 +265,11 @@ def _publish(
     version = next_version(db, KIND)
     metrics = {
         "parent_version": live["version"],
-        "reward_version": reward_row["version"],
+        "reward_version": None if reward_row is None else reward_row["version"],
+        "reward_functions": settings.reward_functions or None,
+        "reward_model_weight": settings.reward_model_weight,
+        "functions_before": before.get("functions"),
+        "functions_after": after.get("functions"),
         "eval_prompts": eval_count,
         "reward_before": before["mean_reward"],
         "reward_after": after["mean_reward"],
