@@ -1,16 +1,19 @@
-"""Data page: import prompts, see what the database holds, export rankings, browse and retire
-prompts."""
+"""Data page: import prompts, gold items and demonstrations, see what the database holds, export
+rankings and demonstrations, browse and retire prompts."""
 
 from collections.abc import Callable
 
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings
+from rlhf_loop.demonstration_import import parse_demonstration_file
 from rlhf_loop.export import ExportShape, export_jsonl
+from rlhf_loop.export_sft import export_sft_jsonl
 from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.plain_text import markdown_escaped
 from rlhf_loop.prompt_import import PromptImportError, parse_prompt_file
 from rlhf_loop.store.db import StoreError, open_db
+from rlhf_loop.store.demonstrations import add_imported
 from rlhf_loop.store.gold import add_gold_items
 from rlhf_loop.store.prompt_list import (
     PAGE_SIZE,
@@ -36,9 +39,9 @@ counts_slot = st.container()
 
 
 def show_counts() -> None:
-    counts = counts_slot.columns(4)
+    counts = counts_slot.columns(5)
     for column, table in zip(
-        counts, ["prompts", "generations", "comparisons", "rankings"], strict=True
+        counts, ["prompts", "generations", "comparisons", "rankings", "demonstrations"], strict=True
     ):
         column.metric(table.capitalize(), db[table].count)
 
@@ -83,6 +86,22 @@ st.caption(
     "(setting gold_every); their answers feed the Dashboard, not the reward model."
 )
 import_form("gold", "Gold file", ["jsonl"], store_gold)
+
+
+def store_demonstrations(name: str, data: bytes) -> str:
+    parsed = parse_demonstration_file(name, data, config.max_prompt_chars)
+    return add_imported(db, parsed, name).summary()
+
+
+st.subheader("Import demonstrations")
+st.caption(
+    "Answers written by people, for supervised fine-tuning: a .jsonl file, one object per line: "
+    '{"prompt": "...", "response": "..."} or {"messages": [{"role": "user", "content": "..."}, '
+    '{"role": "assistant", "content": "..."}]}. A prompt not stored yet is added as a prompt. '
+    "A file with any malformed line is refused whole; duplicates are skipped. Imported answers "
+    "have no responses to beat, so they never count as rankings."
+)
+import_form("demonstrations", "Demonstration file", ["jsonl"], store_demonstrations)
 show_counts()
 
 
@@ -116,6 +135,21 @@ pairs_col.caption(
     "prompt, chosen, rejected per strictly ordered pair; ties give no pair. The prompt is the "
     "raw text annotators saw, without the app's prompt template: TRL's RewardTrainer joins "
     "prompt and response as they are, and applies a chat template only to conversational rows."
+)
+
+st.subheader("Export demonstrations")
+st.download_button(
+    "Demonstrations for TRL's SFT (JSONL)",
+    data=lambda: export_sft_jsonl(open_db(config.resolved_db_path)),
+    file_name="demonstrations.jsonl",
+    mime="application/jsonl",
+    icon=":material/download:",
+    on_click="ignore",
+)
+st.caption(
+    'One {"messages": [user prompt, assistant answer]} per live demonstration (undone ones and '
+    "those on retired prompts left out): TRL's conversational format, which SFTTrainer reads "
+    "with the tokenizer's chat template."
 )
 
 

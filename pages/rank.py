@@ -4,6 +4,10 @@ Type the ranks in order ("1 2 2 3", or "1223") or an order ("B > A = C > D") and
 or pick a rank under each response and press Submit. The ranking box has the focus whenever an
 item is shown, so ranking needs no mouse. Every user text is drawn with ``st.text``, never as
 Markdown or HTML; the operators' guidelines are Markdown without HTML.
+
+"Write a better answer" (Alt+W) opens an editor, prefilled with a response the annotator picks or
+empty; the written answer answers the item (``store.demonstrations``) and, as the page says, counts
+as a ranking above all K unless the operator turned that off.
 """
 
 import datetime as dt
@@ -19,8 +23,15 @@ from pages.common import (
     settle_heap,
     show_worker_state,
 )
-from rlhf_loop.ranking import RankingError, describe_ranking, ranks_from_inputs, response_labels
+from rlhf_loop.ranking import (
+    RankingError,
+    describe_ranking,
+    parse_ranking,
+    ranks_from_inputs,
+    response_labels,
+)
 from rlhf_loop.store.db import StoreError
+from rlhf_loop.store.demonstrations import demonstration_of, submit_demonstration
 from rlhf_loop.store.guidelines import current_guidelines
 from rlhf_loop.store.submissions import (
     MAX_COMMENT_CHARS,
@@ -44,14 +55,15 @@ FLAG_REASONS = ["All responses are bad", "Prompt is broken", "Harmful content", 
 RECENT_ANSWERS = 5  # own answers listed for reopening
 PROMPT_PREVIEW_CHARS = 120
 
-# Our own fixed script, no user text in it: puts the caret in this item's ranking box as soon as
-# the box is on the page. Streamlit has no autofocus, and after a rerun the focus is on the page
-# body (or on a button that was clicked). It keeps the box focused for a moment, as the page
-# settles and elements are replaced, unless the annotator moved the focus elsewhere themselves.
+# Our own fixed script, no user text in it: puts the caret in this item's ranking box (or, while
+# the annotator writes an answer, in the editor) as soon as it is on the page. Streamlit has no
+# autofocus, and after a rerun the focus is on the page body (or on a button that was clicked).
+# It keeps the box focused for a moment, as the page settles and elements are replaced, unless
+# the annotator moved the focus elsewhere themselves.
 # The run number at the end makes each run's body differ, so the script runs after every rerun.
 FOCUS_SCRIPT = """<script>
 (() => {
-  const box = () => document.querySelector(".st-key-typed-%(cid)d input");
+  const box = () => document.querySelector("%(selector)s");
   const started = Date.now();
   let held = 0;
   const step = () => {
@@ -196,11 +208,21 @@ def bring_back(reopened: Reopened, done: str) -> None:
     """Put the retracted answer back in the item's boxes, to correct rather than redo, and say
     what happened to it (the old row is kept, marked retracted)."""
     cid = reopened.comparison_id
+    written = demonstration_of(db, reopened.ranking_id)
+    ranks_box = f"demo-ranks-{cid}" if written else f"typed-{cid}"
     if reopened.ranks:
-        st.session_state[f"typed-{cid}"] = " ".join(map(str, reopened.ranks))
+        st.session_state[ranks_box] = " ".join(map(str, reopened.ranks))
     if reopened.comment:
         st.session_state[f"comment-{cid}"] = reopened.comment
-    if reopened.status == "ranked" and reopened.ranks:
+    if written:
+        st.session_state[writing_key(cid)] = True
+        st.session_state[f"demo-start-{cid}"] = written.started_from
+        st.session_state[f"demo-text-{cid}"] = written.text
+        said = (
+            "your written answer is retracted and back in the editor: change it and submit it "
+            "again, or close the editor and rank"
+        )
+    elif reopened.status == "ranked" and reopened.ranks:
         said = (
             f"your ranking {describe_ranking(reopened.ranks)} is retracted and back in the box: "
             "change it and press Enter"
@@ -213,6 +235,93 @@ def bring_back(reopened: Reopened, done: str) -> None:
     else:
         said = "your skip is retracted: rank the item, or skip it again"
     flash("info", f"{done}: {said}.")
+
+
+def writing_key(cid: int) -> str:
+    return f"writing-{cid}"
+
+
+def open_editor(cid: int) -> None:
+    st.session_state[writing_key(cid)] = True
+
+
+def close_editor(cid: int) -> None:
+    st.session_state[writing_key(cid)] = False
+
+
+def prefill(cid: int, texts: list[str]) -> None:
+    """The editor starts from the response picked (or empty): replaces what is in it."""
+    start = st.session_state.get(f"demo-start-{cid}")
+    st.session_state[f"demo-text-{cid}"] = "" if start is None else texts[start]
+
+
+def on_write(cid: int, generation_ids: list[int]) -> None:
+    """Submit callback of the editor, bound to the item on screen like the ranking's."""
+    start = st.session_state.get(f"demo-start-{cid}")
+    typed = st.session_state.get(f"demo-ranks-{cid}", "")
+    try:
+        ranks = parse_ranking(typed, len(generation_ids)) if typed.strip() else None
+        submit_demonstration(
+            db,
+            annotator,
+            cid,
+            st.session_state.get(f"demo-text-{cid}", ""),
+            max_chars=config.max_prompt_chars,
+            counts_as_ranking=config.demonstrations_count_as_rankings,
+            started_from=None if start is None else generation_ids[start],
+            ranks=ranks,
+        )
+    except DuplicateSubmission as exc:
+        flash("warning", str(exc))
+    except (RankingError, StoreError) as exc:
+        st.session_state["refused-writing"] = (cid, str(exc))
+    else:
+        counted = " as a ranking above every response" * config.demonstrations_count_as_rankings
+        given = f"; your order of the responses: {describe_ranking(ranks)}" if ranks else ""
+        flash("success", f"Saved your answer{counted}{given}")
+
+
+def editor(task: Task) -> None:
+    """The annotator's own answer: start from a response or empty, edit, submit."""
+    cid = task.comparison_id
+    labels = response_labels(task.k)
+    who_k = f"{labels[0]}–{labels[-1]}"
+    if config.demonstrations_count_as_rankings:
+        st.caption(
+            f"Your answer also counts as a ranking in which it beats all {task.k} responses: "
+            f"they keep your order of them if you give one below, otherwise they tie below it."
+        )
+    else:
+        st.caption(
+            "Your answer is stored as an example of a good answer; it does not count as a "
+            "ranking of the responses (the operator turned that off)."
+        )
+    st.selectbox(
+        "Start from",
+        [None, *range(task.k)],
+        format_func=lambda i: "Empty" if i is None else f"Response {labels[i]}",
+        key=f"demo-start-{cid}",
+        on_change=prefill,
+        args=(cid, [r.text for r in task.responses]),
+    )
+    refused_cid, message = st.session_state.pop("refused-writing", (None, None))
+    with st.form(key=f"demo-{cid}", border=False):
+        st.text_area("Your answer", height=200, key=f"demo-text-{cid}")
+        if refused_cid == cid:
+            st.error(message, icon=":material/error:")
+        st.text_input(
+            f"Your ranking of {who_k} (optional)",
+            placeholder="e.g. 1 2 2 3 or B > A = C; empty: they tie below your answer",
+            key=f"demo-ranks-{cid}",
+        )
+        st.form_submit_button(
+            "Submit answer",
+            type="primary",
+            icon=":material/send:",
+            on_click=on_write,
+            args=(cid, [r.generation_id for r in task.responses]),
+        )
+    st.button("Close the editor", key=f"demo-close-{cid}", on_click=close_editor, args=(cid,))
 
 
 def rank_form(task: Task) -> None:
@@ -264,7 +373,7 @@ def response_cell(cid: int, i: int, label: str, task: Task) -> None:
 
 def actions(task: Task) -> None:
     cid = task.comparison_id
-    skip_col, undo_col, flag_col = st.columns(3)
+    skip_col, undo_col, flag_col, write_col = st.columns(4)
     skip_col.button(
         "Skip",
         icon=":material/skip_next:",
@@ -282,6 +391,14 @@ def actions(task: Task) -> None:
         st.selectbox("Why", FLAG_REASONS, key=f"flag-reason-{cid}")
         st.text_input("Details (optional)", max_chars=500, key=f"flag-detail-{cid}")
         st.form_submit_button("Flag this item", on_click=on_flag, args=(cid,))
+    write_col.button(
+        "Write a better answer",
+        icon=":material/edit_note:",
+        shortcut="Alt+W",
+        on_click=open_editor,
+        args=(cid,),
+        help="Opens an editor, empty or prefilled with a response you pick",
+    )
 
 
 def recent() -> None:
@@ -304,6 +421,8 @@ def recent() -> None:
             at = dt.datetime.fromtimestamp(given.created_at).strftime("%H:%M")
             if given.status == "ranked" and given.ranks:
                 said = describe_ranking(given.ranks)
+            elif given.status == "demonstrated":
+                said = "wrote an answer"
             else:
                 said = given.status + (f": {given.reason}" if given.reason else "")
             what_col.caption(f"{at} · {given.status}")
@@ -321,10 +440,12 @@ def recent() -> None:
             )
 
 
-def keep_focus_in_ranking_box(cid: int) -> None:
+def keep_focus_in_ranking_box(cid: int, writing: bool) -> None:
+    """The ranking box, or the editor while it is open (selectors of our own, no user text)."""
     runs = st.session_state.get("focus-runs", 0) + 1
     st.session_state["focus-runs"] = runs
-    st.html(FOCUS_SCRIPT % {"cid": cid, "run": runs}, unsafe_allow_javascript=True)
+    selector = f".st-key-demo-text-{cid} textarea" if writing else f".st-key-typed-{cid} input"
+    st.html(FOCUS_SCRIPT % {"selector": selector, "run": runs}, unsafe_allow_javascript=True)
 
 
 try:
@@ -346,5 +467,8 @@ st.subheader("Prompt")
 text_box(task.prompt)
 rank_form(task)
 actions(task)
+writing = bool(st.session_state.get(writing_key(task.comparison_id)))
+if writing:
+    editor(task)
 recent()
-keep_focus_in_ranking_box(task.comparison_id)
+keep_focus_in_ranking_box(task.comparison_id, writing)

@@ -277,3 +277,29 @@ def test_an_operator_signs_in_with_the_printed_password_and_uses_every_operator_
     copy = open_db(snapshot)
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert copy["comparisons"].count == 10
+
+
+def test_an_annotator_writes_a_better_answer_from_the_keyboard(
+    seeded_app: StreamlitApp, chromium
+) -> None:
+    """Alt+W from the ranking box opens the editor with the caret in it; the typed answer, HTML
+    and all, is submitted with Ctrl+Enter and stored as typed."""
+    from playwright.sync_api import expect
+
+    page = _open_ranking(chromium, seeded_app.url, "ada")
+    first = _shown_prompt(page)
+    expect(page.get_by_label("Ranking")).to_be_focused(timeout=30_000)
+    page.keyboard.press("Alt+w")
+    editor = page.get_by_label("Your answer")
+    expect(editor).to_be_focused(timeout=30_000)
+    expect(page.get_by_text("also counts as a ranking in which it beats all 3")).to_be_visible()
+    page.keyboard.type("A <b>better</b> answer")
+    page.keyboard.press("Control+Enter")
+    saved = page.get_by_text("Saved your answer as a ranking above every response")
+    expect(saved).to_be_visible(timeout=15_000)
+    expect(page.get_by_text(first, exact=True)).to_have_count(0)  # the next item is on screen
+
+    db = open_db(seeded_app.db_path)
+    [row] = db["demonstrations"].rows
+    assert row["text"] == "A <b>better</b> answer" and row["source"] == "rank page"
+    assert db["rankings"].get(row["ranking_id"])["status"] == "demonstrated"

@@ -22,6 +22,7 @@ from rlhf_loop.store.db import open_db
 from rlhf_loop.store.demonstrations import (
     RANK_PAGE,
     DemonstrationError,
+    Written,
     add_imported,
     demonstration_of,
     live_demonstration_count,
@@ -121,6 +122,8 @@ def test_the_start_must_be_one_of_the_items_responses(db) -> None:
         started_from=task.responses[1].generation_id,
     )
     assert db["demonstrations"].get(did)["generation_id"] == task.responses[1].generation_id
+    answer = db["demonstrations"].get(did)["ranking_id"]
+    assert demonstration_of(db, answer) == Written("better", 1)  # what the editor gets back
 
 
 def test_undo_retracts_the_written_answer_and_a_redo_supersedes_it(db) -> None:
@@ -129,7 +132,7 @@ def test_undo_retracts_the_written_answer_and_a_redo_supersedes_it(db) -> None:
     assert live_demonstration_count(db) == 1
     back = reopen_last(db, ada)
     assert (back.status, back.ranks) == ("ranked", [2, 1, 3])
-    assert demonstration_of(db, back.ranking_id).text == "my answer"
+    assert demonstration_of(db, back.ranking_id) == Written("my answer", None)
     assert live_demonstration_count(db) == 0 and db["demonstrations"].count == 1  # kept
     assert export_sft_jsonl(db) == "" and training_ranking_count(db) == 0
     assert _served(db, ada).comparison_id == back.comparison_id  # served again

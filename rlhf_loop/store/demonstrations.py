@@ -103,14 +103,19 @@ class Written:
     """A Rank-page demonstration as the editor needs it back after an undo or a reopen."""
 
     text: str
-    generation_id: int | None
+    started_from: int | None  # the position of the response it started from among the K
 
 
 def demonstration_of(db: sqlite_utils.Database, ranking_id: int) -> Written | None:
     """The demonstration a (possibly retracted) answer row carried; None for a plain ranking."""
     rows = db["demonstrations"].rows_where("ranking_id = ?", [ranking_id], limit=1)
     row = next(iter(rows), None)
-    return Written(row["text"], row["generation_id"]) if row else None
+    if row is None:
+        return None
+    comparison = db["comparisons"].get(db["rankings"].get(ranking_id)["comparison_id"])
+    shown = json.loads(comparison["generation_ids"])
+    start = row["generation_id"]
+    return Written(row["text"], shown.index(start) if start in shown else None)
 
 
 @dataclass(frozen=True)
