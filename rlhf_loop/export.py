@@ -5,7 +5,8 @@ so ``load_dataset("json", data_files=...)`` feeds ``trl.RewardTrainer`` as it is
 (tests/test_export_trl.py trains on one). Ties yield no pair there (TRL has no tie), flagged and
 retracted answers are left out of both files. So are answers to gold items (they check
 annotators; the known order is the operator's, not theirs) and answers on prompts an operator
-retired.
+retired. A written answer that counts as a ranking (``store.demonstrations``) is one more
+response of its ranking, rank 1, above the K (so the pairs file has it beat each of them).
 
 Both files carry the raw prompt as annotators saw it, not the text the app's own reward model
 reads (``reward.data.exchange_text``: the prompt in the policy's chat template, or in

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from app_helpers import as_read, operator_page
 from store_helpers import fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 from test_pages import rank_page, shown_texts
@@ -118,3 +119,23 @@ def test_the_editor_closes_and_the_ranking_box_is_back(db) -> None:
     at.text_input(key="typed-1").input("1 2 3 4")
     _button(at, "Submit").click().run()
     assert db["rankings"].get(1)["status"] == "ranked"
+
+
+# --- the Data page's import ------------------------------------------------------------------
+
+
+def test_the_data_page_refuses_a_bad_demonstration_file_whole_then_imports_a_good_one(
+    db, data_dir: Path
+) -> None:
+    at = operator_page("pages/data.py")
+    uploader = at.file_uploader[2]  # prompts, gold items, demonstrations
+    bad = b'{"prompt": "p", "response": "r"}\n{"messages": [{"role": "user", "content": "q"}]}\n'
+    uploader.set_value(("d.jsonl", bad, "application/jsonl"))
+    _button(at, "Import demonstration file").click().run()
+    assert "line 2: the conversation has no assistant turn" in as_read(at.error[0].value)
+    assert "Nothing was imported" in at.error[0].value and db["demonstrations"].count == 0
+    good = b'{"prompt": "prompt 0", "response": "<b>an answer</b>"}\n'
+    at.file_uploader[2].set_value(("d.jsonl", good, "application/jsonl"))
+    _button(at, "Import demonstration file").click().run()
+    assert "1 demonstration(s) added" in at.success[0].value
+    assert db["demonstrations"].get(1)["source"] == "import:d.jsonl"
