@@ -1,7 +1,8 @@
 """The Rank page's "Write a better answer" (issue 13) through AppTest: the editor opens from its
 button, starts from a picked response or empty, refuses an empty, blank or huge answer at the
 editor, keeps HTML as typed, refuses a second submit of the item from another tab, brings the
-answer back on undo, and says whether the answer counts as a ranking above all K."""
+answer back on undo, and says whether the answer counts as a ranking above all K. Also the Data
+page's import: a bad demonstration file refused whole with its line."""
 
 from __future__ import annotations
 
