@@ -93,7 +93,7 @@ def _score_version(
     return mean
 
 
-def _run_job(db, settings: Settings, kind: str, run: Callable, policy_path: str) -> dict:
+def run_job(db, settings: Settings, kind: str, run: Callable, policy_path: str) -> dict:
     """The job's result; a job that refuses (``JobError``, e.g. a live policy already past the
     KL budget) fails as the worker would fail it, and its result says why."""
     jobs.enqueue(db, kind, {"reason": "simulated loop"})
@@ -169,10 +169,10 @@ def run_loop(
         curve.events += decide(db, settings)
         if reject_undecided:
             curve.events += _reject_undecided(db, settings)
-        reward = _run_job(db, settings, "train_reward", run_train_reward, policy_path)
+        reward = run_job(db, settings, "train_reward", run_train_reward, policy_path)
         gate = reward.get("ppo_gate") or {"passed": False, "reason": reward["refused"]}
         result = (
-            _run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
+            run_job(db, settings, "ppo_round", run_ppo_round, policy_path)
             if gate["passed"] or force_rounds
             else {"refused": gate["reason"]}
         )

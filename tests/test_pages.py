@@ -140,15 +140,17 @@ def test_data_page_imports_and_refuses_a_malformed_file_whole(data_dir: Path) ->
     assert db["prompts"].count == 3
 
 
-def test_data_page_counts_and_offers_both_exports(data_dir: Path) -> None:
+def test_data_page_counts_and_offers_its_exports(data_dir: Path) -> None:
     db = fresh_db(data_dir)
     make_comparisons(db, 2)
     annotator_id(db, "ada")
     at = operator_page("pages/data.py")
-    assert [m.value for m in at.metric] == ["2", "8", "2", "0"]
+    # prompts, responses, annotators, rankings, demonstrations
+    assert [m.value for m in at.metric] == ["2", "8", "2", "0", "0"]
     assert [b.label for b in at.get("download_button")] == [
         "Full rankings (JSONL)",
         "Chosen/rejected pairs for TRL (JSONL)",
+        "Demonstrations for TRL's SFT (JSONL)",
     ]
 
 

@@ -11,6 +11,7 @@ from job_helpers import job_context
 from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.job_runner import JobError
+from rlhf_loop.ppo import rewards as ppo_rewards
 from rlhf_loop.ppo import round as ppo_round
 from rlhf_loop.ppo.policy import REFERENCE, Policy
 from rlhf_loop.reward.job import run_train_reward
@@ -59,13 +60,13 @@ def test_round_with_only_held_out_prompts_says_why(
 def test_a_reward_model_returning_nan_stops_the_round_and_keeps_the_live_policy(
     trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_score = ppo_round.score
+    real_score = ppo_rewards.score
 
     def broken(*args, **kwargs):
         scores = real_score(*args, **kwargs)
         return torch.full_like(scores, float("nan"))
 
-    monkeypatch.setattr(ppo_round, "score", broken)
+    monkeypatch.setattr(ppo_rewards, "score", broken)
     before = live_policy(trained, "demo")["version"]
     with pytest.raises(JobError, match="no finite score"):
         ppo_round.run_ppo_round(job_context(trained, tmp_path, demo_model_path, "ppo_round"))
@@ -75,14 +76,14 @@ def test_a_reward_model_returning_nan_stops_the_round_and_keeps_the_live_policy(
 def test_some_nan_scores_are_left_out_and_endless_responses_are_penalised(
     trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_score = ppo_round.score
+    real_score = ppo_rewards.score
 
     def one_nan(*args, **kwargs):
         scores = real_score(*args, **kwargs).clone()
         scores[0] = float("nan")
         return scores
 
-    monkeypatch.setattr(ppo_round, "score", one_nan)
+    monkeypatch.setattr(ppo_rewards, "score", one_nan)
     # 2 new tokens: almost no response can end, so the missing-end penalty applies
     ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round", max_new_tokens=2)
     ppo_round.run_ppo_round(ctx)
