@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.figures import pyplot, save  # noqa: E402
 from rlhf_loop.arena.fit import Ranking  # noqa: E402
 from rlhf_loop.arena.sequential import MIN_RANKINGS, sequential_evidence  # noqa: E402
 from rlhf_loop.arena.strengths import (  # noqa: E402
@@ -120,13 +121,9 @@ def measure(runs: int, look: int, most: int, budget: int, gains: list[float]) ->
 
 
 def plot(result: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for ax, (name, per_gain) in zip(axes, result["rules"].items(), strict=True):
         for gain, curves in per_gain.items():
@@ -141,9 +138,7 @@ def plot(result: dict, path: Path) -> bool:
     fig.suptitle(
         f"People's verdict, live policy {BASE_CORRECTNESS:.2f} correct, {result['runs']} runs"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 

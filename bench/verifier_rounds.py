@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.figures import pyplot, save  # noqa: E402
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.demo_command import add_demo_prompts, arithmetic_correctness  # noqa: E402
 from rlhf_loop.model.demo_corpus import ARITHMETIC  # noqa: E402
@@ -83,13 +84,9 @@ def run_seed(seed: int, rounds: int, model_path: str) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> bool:
-    try:
-        import matplotlib
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for result in results:
         rounds = [r["round"] for r in result["rounds"]]
@@ -105,9 +102,7 @@ def plot(results: list[dict], path: Path) -> bool:
     ax.set_xlabel("PPO round (reward: the arithmetic check only)")
     ax.set_ylabel("arithmetic correctness (solid: trained, dashed: held-out)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
     return True
 
 

@@ -10,10 +10,19 @@ from rlhf_loop.prompt_import import ParsedPrompts, PromptRow
 from rlhf_loop.store.db import open_db
 from rlhf_loop.store.generations import Sample, add_comparisons, live_policy_version
 from rlhf_loop.store.prompts import add_prompts
+from rlhf_loop.store.schema import MIGRATIONS
 
 
 def fresh_db(path: Path) -> sqlite_utils.Database:
     return open_db(path / "rlhf.db")
+
+
+def old_schema(db: sqlite_utils.Database, version: int) -> sqlite_utils.Database:
+    """``db`` as an older rlhf-loop left it: its first ``version`` migrations only."""
+    for migration in MIGRATIONS[:version]:
+        migration(db)
+    db.execute(f"PRAGMA user_version = {version}")
+    return db
 
 
 def add_texts(db: sqlite_utils.Database, texts: list[str]) -> None:

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 import sqlite_utils
-from store_helpers import add_texts, fresh_db, make_comparisons
+from store_helpers import add_texts, fresh_db, make_comparisons, old_schema
 
 from rlhf_loop.store import backup
 from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.backup import RestoreError, restore, snapshot_bytes, snapshot_to
 from rlhf_loop.store.db import StoreError, open_db
-from rlhf_loop.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
+from rlhf_loop.store.schema import SCHEMA_VERSION, schema_version
 from rlhf_loop.store.submissions import submit, undo_last
 from rlhf_loop.store.tasks import next_task
 
@@ -315,10 +315,7 @@ def _old_schema_backup(path: Path, version: int, page_size: int) -> bytes:
     in the columns version 1 has."""
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(f"PRAGMA page_size = {page_size}")
-        db = sqlite_utils.Database(conn)
-        for migration in MIGRATIONS[:version]:
-            migration(db)
-        db.execute(f"PRAGMA user_version = {version}")
+        db = old_schema(sqlite_utils.Database(conn), version)
         db["annotators"].insert({"id": 1, "name": "ada", "role": "annotator", "created_at": 1.0})
         for p in range(1, 4):
             db["prompts"].insert(

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 import sqlite_utils
-from store_helpers import fresh_db, make_comparisons
+from store_helpers import fresh_db, make_comparisons, old_schema
 
 from rlhf_loop.demonstration_import import DemonstrationImportError, parse_demonstration_file
 from rlhf_loop.export import export_jsonl, ranking_records
@@ -29,7 +29,7 @@ from rlhf_loop.store.demonstrations import (
     submit_demonstration,
 )
 from rlhf_loop.store.prompt_list import retire_prompts
-from rlhf_loop.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
+from rlhf_loop.store.schema import SCHEMA_VERSION, schema_version
 from rlhf_loop.store.submissions import DuplicateSubmission, reopen_last, submit
 from rlhf_loop.store.tasks import Task, next_task
 from rlhf_loop.store.training_rankings import training_ranking_count
@@ -279,10 +279,7 @@ def test_the_sft_export_loads_with_datasets_as_trl_conversations(db, tmp_path: P
 
 def test_a_schema_v7_database_migrates_and_keeps_its_rankings(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = sqlite_utils.Database(path)
-    for migration in MIGRATIONS[:7]:
-        migration(old)
-    old.execute("PRAGMA user_version = 7")
+    old = old_schema(sqlite_utils.Database(path), 7)
     old.conn.close()
     db = open_db(path)
     make_comparisons(db, 2, k=3)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 from app_helpers import operator_page
-from store_helpers import add_texts, fresh_db, make_comparisons
+from store_helpers import add_texts, fresh_db, make_comparisons, old_schema
 from streamlit.testing.v1 import AppTest
 from worker_helpers import REPO, wait_for
 
@@ -33,7 +33,7 @@ from rlhf_loop.store.annotators import SIMULATED, AnnotatorNameError, annotator_
 from rlhf_loop.store.db import open_db
 from rlhf_loop.store.generations import Sample, add_comparisons
 from rlhf_loop.store.quality import annotator_report, judgements, overall
-from rlhf_loop.store.schema import MIGRATIONS, SCHEMA_VERSION, schema_version
+from rlhf_loop.store.schema import SCHEMA_VERSION, schema_version
 from rlhf_loop.store.simulated import (
     REMOVED_EVENT,
     RankingCounts,
@@ -207,10 +207,7 @@ def test_a_plan_that_cannot_run_is_refused(changes, message) -> None:
 
 def test_a_schema_v6_database_migrates_with_its_people_unsimulated(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    old = sqlite_utils.Database(path)
-    for migration in MIGRATIONS[:6]:
-        migration(old)
-    old.execute("PRAGMA user_version = 6")
+    old = old_schema(sqlite_utils.Database(path), 6)
     old["annotators"].insert({"name": "ada", "role": "annotator", "created_at": 1.0})
     old.conn.close()
     db = open_db(path)
