@@ -66,7 +66,8 @@ def run_seed(seed: int, rounds: int, model_path: str) -> dict:
         for number in range(1, rounds + 1):
             result = run_job(db, settings, "ppo_round", run_ppo_round, model_path)
             row = correctness(db, settings, policy, train, held_out)
-            rows.append(row | {"round": number, "kl": result.get("kl_after"), "job": result})
+            row |= {"round": number, "kl": result.get("kl_after"), "job": result}
+            rows.append(row)
             print(
                 f"seed {seed} round {number}: correctness on training prompts "
                 f"{rows[0]['train']:.3f} -> {row['train']:.3f}, held-out {rows[0]['held_out']:.3f}"

@@ -1,0 +1,30 @@
+"""Demonstrations as model inputs: the exchange the policy would see and write, end token included.
+
+The same tokenisation as the reward model's (``reward.data.reward_inputs``: the prompt frame the
+sampler uses, long prompts losing their start) with the end-of-text token appended as part of the
+response, so SFT teaches exactly the text PPO later samples.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rlhf_loop.reward.data import reward_inputs
+from rlhf_loop.reward.likelihood import with_end_token
+
+
+def sft_inputs(
+    tokenizer: PreTrainedTokenizerBase, prompts: list[str], responses: list[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """``input_ids``, ``attention_mask`` and ``response_mask`` (response tokens and the end)."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-text token to end a demonstration with")
+    inputs = reward_inputs(tokenizer, prompts, responses, max_length)
+    ids, attention, response = with_end_token(
+        inputs["input_ids"],
+        inputs["attention_mask"],
+        inputs["response_mask"],
+        tokenizer.eos_token_id,
+    )
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
