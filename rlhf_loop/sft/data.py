@@ -28,3 +28,23 @@ def sft_inputs(
         tokenizer.eos_token_id,
     )
     return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
+
+
+def text_inputs(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+) -> dict[str, torch.Tensor]:
+    """Plain passages (a pretraining file's lines) as targets whole, end token included: no
+    prompt frame, every token is learnt."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no end-of-text token to end a passage with")
+    tokenizer.truncation_side = "right"
+    encoded = tokenizer(
+        texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
+    )
+    ids, attention, response = with_end_token(
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        encoded["attention_mask"].bool(),
+        tokenizer.eos_token_id,
+    )
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response}
