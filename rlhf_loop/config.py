@@ -131,6 +131,11 @@ class Settings:
     ppo_missing_eos_penalty: float = 1.0
     # 0: the reference is the frozen base; else the decay of an EMA of the policy's adapter.
     ppo_ema_reference: float = 0.0
+    # PPO-ptx (InstructGPT): weight of the supervised loss on demonstrations (or on the lines of
+    # ppo_ptx_file, a pretraining text file) added to every PPO update; 0 = off.
+    ppo_ptx_coef: float = 0.0
+    ppo_ptx_file: str = ""
+    ppo_ptx_batch: int = 8
     # Held-out prompts for each round's before/after evaluation.
     ppo_eval_prompts: int = 24
     # Start a PPO round automatically after each reward-model retrain (only when the reward
@@ -139,6 +144,17 @@ class Settings:
     # A round stops once a rollout's KL to the reference passes this (nats per response), keeping
     # the weights from before; 0 = no budget.
     ppo_kl_budget: float = 6.0
+
+    # SFT round (InstructGPT's first stage): the live policy's adapter trained on the live
+    # demonstrations whose prompt is not held out, for sft_epochs passes of sft_batch
+    # demonstrations at sft_lr (the final norm too, when ppo_norm_lr > 0).
+    sft_epochs: int = 3
+    sft_batch: int = 8
+    sft_lr: float = 1e-3
+    # Start an SFT round after this many new demonstrations since the last SFT version;
+    # 0 = only when an operator asks.
+    sft_retrain_every: int = 20
+
     # Reward functions (rlhf_loop.verifiers): "module:attribute=weight, ..." each
     # fn(prompt, response) -> float | None, added to the reward model's score in PPO. Built in:
     # rlhf_loop.verifiers:arithmetic, :format_check (verifier_format_pattern), :length_budget
@@ -229,8 +245,14 @@ class Settings:
             ),
             (self.ppo_kl_coef >= 0 and self.ppo_kl_target >= 0, "KL settings must be >= 0"),
             (0 <= self.ppo_ema_reference < 1, "ppo_ema_reference must be in [0, 1)"),
+            (self.ppo_ptx_coef >= 0, "ppo_ptx_coef must be >= 0 (0 = off)"),
+            (self.ppo_ptx_batch >= 1, "ppo_ptx_batch must be >= 1"),
             (self.ppo_eval_prompts >= 1, "ppo_eval_prompts must be >= 1"),
             (self.ppo_kl_budget >= 0, "ppo_kl_budget must be >= 0 (0 = no budget)"),
+            (self.sft_epochs >= 1, "sft_epochs must be >= 1"),
+            (self.sft_batch >= 1, "sft_batch must be >= 1"),
+            (self.sft_lr > 0, "sft_lr must be > 0"),
+            (self.sft_retrain_every >= 0, "sft_retrain_every must be >= 0 (0 = never)"),
             (
                 self.policy_adoption in ("human", "immediate"),
                 "policy_adoption must be 'human' or 'immediate'",

@@ -127,7 +127,7 @@ def reward_accuracy_points(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     return points
 
 
-PPO_CURVES = ["reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"]
+PPO_CURVES = ["reward", "kl", "entropy", "clip_frac", "value_loss", "response_length", "ptx_loss"]
 
 
 def ppo_curves(db: sqlite_utils.Database, job_id: int) -> list[str]:
@@ -135,6 +135,36 @@ def ppo_curves(db: sqlite_utils.Database, job_id: int) -> list[str]:
     names = {m["name"] for m in job_metrics(db, job_id)}
     functions = sorted(n for n in names if n.startswith(FUNCTION_METRIC))
     return PPO_CURVES[:1] + functions + PPO_CURVES[1:]
+
+
+SFT_CURVES = ["sft_loss"]
+REWARD_CURVES = ["loss", "nu"]
+
+
+def job_curves(db: sqlite_utils.Database, job_id: int, kind: str) -> list[str]:
+    """The metric names a job of ``kind`` logs per step, for its curve grid."""
+    if kind == "ppo_round":
+        return ppo_curves(db, job_id)
+    return SFT_CURVES if kind == "sft_round" else REWARD_CURVES
+
+
+def trained_by(metrics: dict[str, Any], path: str | None) -> str:
+    """How a version was trained, "sft" or "ppo"; versions from before that mark were all PPO
+    rounds (the base has no files)."""
+    return metrics.get("trained_by") or ("ppo" if path else "")
+
+
+def nll_text(metrics: dict[str, Any]) -> str:
+    """An SFT version's held-out demonstration NLL, before -> after, with how many it averages
+    over; empty for other versions."""
+    if metrics.get("trained_by") != "sft":
+        return ""
+    if metrics.get("nll_before") is None:
+        return "no held-out demonstrations"
+    return (
+        f"{metrics['nll_before']:.3f} -> {metrics['nll_after']:.3f} "
+        f"({metrics.get('heldout_demonstrations')} held out)"
+    )
 
 
 def stopped_early_text(stopped: dict[str, Any] | None) -> str:
@@ -155,7 +185,9 @@ def policy_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             "version": v["version"],
             "live": bool(v["live"]),
             "adoption": v["adoption"] or "",
+            "trained by": trained_by(v["metrics"], v["path"]),
             "parent": v["metrics"].get("parent_version"),
+            "held-out demonstration NLL": nll_text(v["metrics"]),
             "reward model": v["metrics"].get("reward_version"),
             "held-out prompts": v["metrics"].get("eval_prompts"),
             "held-out reward before": v["metrics"].get("reward_before"),
@@ -175,7 +207,7 @@ def policy_samples(db: sqlite_utils.Database) -> dict[int, dict[str, str]]:
     samples: dict[int, dict[str, str]] = {}
     for version in sorted(list_versions(db, "policy"), key=lambda v: v["version"]):
         meta = _policy_meta(version["path"])
-        if meta is None:
+        if meta is None or not meta["samples_after"]:  # an SFT round samples nothing
             continue
         parent = meta["metrics"].get("parent_version")
         if parent is not None:

@@ -21,7 +21,9 @@ from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.model.loader import ModelLoadError
 from rlhf_loop.ppo.distributed import World
 from rlhf_loop.ppo.math import AdaptiveKL, FixedKL, RunningMoments, kl_per_token
-from rlhf_loop.ppo.policy import Policy, load_policy, new_policy, save_policy
+from rlhf_loop.ppo.policy import Policy
+from rlhf_loop.ppo.ptx import PtxUnavailable, ptx_source
+from rlhf_loop.ppo.publish import load_live_policy, publish_policy
 from rlhf_loop.ppo.rewards import SampleRewards
 from rlhf_loop.ppo.rollout import rollout
 from rlhf_loop.ppo.rollout_sampling import SampleConfig
@@ -29,9 +31,8 @@ from rlhf_loop.ppo.scoring import UnscorableBatch, usable
 from rlhf_loop.ppo.step import Optimisation, PPOHyper, old_outputs, ppo_step
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.reward.model import load_reward_model
-from rlhf_loop.store.adoption import ADOPTED, CANDIDATE, supersede_candidates
 from rlhf_loop.store.prompts import prompt_texts_in_use
-from rlhf_loop.store.versions import latest_version, live_policy, next_version, register_version
+from rlhf_loop.store.versions import latest_version, live_policy
 from rlhf_loop.verifiers import FUNCTION_METRIC, VerifierFailed, reward_functions
 
 KIND = "policy"
@@ -51,6 +52,7 @@ def hyper(settings: Settings) -> PPOHyper:
         missing_eos_penalty=settings.ppo_missing_eos_penalty,
         ema_reference=settings.ppo_ema_reference,
         kl_budget=settings.ppo_kl_budget,
+        ptx_coef=settings.ppo_ptx_coef,
     )
 
 
@@ -114,6 +116,13 @@ def _rewards(
         raise JobError(str(exc)) from None
 
 
+def _ptx(ctx: JobContext, policy: Policy, seed: int):
+    try:
+        return ptx_source(ctx.db, ctx.settings, policy.tokenizer, seed)
+    except PtxUnavailable as exc:
+        raise JobError(str(exc)) from None
+
+
 def _sample_rewards(
     db: sqlite_utils.Database, settings: Settings, device: str
 ) -> tuple[dict[str, Any] | None, SampleRewards]:
@@ -143,26 +152,6 @@ def _sample_rewards(
     )
 
 
-def _load_policy(ctx: JobContext, live: dict[str, Any], device: str) -> Policy:
-    settings = ctx.settings
-    ema = settings.ppo_ema_reference > 0
-    if live["path"] is None:
-        return new_policy(
-            ctx.policy_path,
-            device,
-            settings.ppo_lora_r,
-            ema,
-            settings.dtype,
-            train_norm=settings.ppo_norm_lr > 0,
-        )
-    try:
-        return load_policy(ctx.policy_path, live["path"], device, ema, settings.dtype)
-    except ModelLoadError as exc:
-        raise JobError(
-            f"live policy v{live['version']}: {exc}; roll back to a version whose files exist"
-        ) from None
-
-
 def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]:
     """One round; under ``accelerate launch`` / ``torchrun`` each process runs this with its
     ``world`` and only rank 0 evaluates, reports and saves."""
@@ -182,7 +171,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         )
     live = live_policy(db, settings.model)
     report(0.0, f"loading policy v{live['version']}")
-    policy = _load_policy(ctx, live, device)
+    policy = load_live_policy(ctx, live, device)
     config = sample_config(settings)
     seed = ctx.job.id
 
@@ -210,6 +199,7 @@ def run_ppo_round(ctx: JobContext, world: World | None = None) -> dict[str, Any]
         RunningMoments(),
         torch.Generator(device=policy.device).manual_seed(seed * 1000 + world.rank),
         world,
+        _ptx(ctx, policy, seed * 1000 + world.rank),
     )
     rng = random.Random(seed)  # the same draw on every process, which rolls out its share
     # the trainable weights before the last update, and before this one: when a rollout shows
@@ -259,10 +249,8 @@ def _publish(
     after: dict[str, Any],
     stopped: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Save the adapter as the next version, then register it (live, or a candidate for blind
-    comparison) and end the job as done in one transaction."""
-    settings, db = ctx.settings, ctx.db
-    version = next_version(db, KIND)
+    """The round's figures, published as the next version (``ppo.publish``)."""
+    settings = ctx.settings
     metrics = {
         "parent_version": live["version"],
         "reward_version": None if reward_row is None else reward_row["version"],
@@ -280,34 +268,8 @@ def _publish(
         "length_correlation_after": after.get("length_correlation"),
         "stopped_early": stopped,
     }
-    path = save_policy(
-        policy,
-        settings.runs_dir / KIND / f"v{version}",
-        {
-            "lora_r": settings.ppo_lora_r,
-            "base_model": settings.model,
-            "metrics": metrics,
-            "samples_before": before["samples"],
-            "samples_after": after["samples"],
-        },
-    )
-    immediate = settings.policy_adoption == "immediate"
-    result = {"version": version, "adoption": ADOPTED if immediate else CANDIDATE, **metrics}
-    with ctx.finishing(result):
-        register_version(
-            db,
-            KIND,
-            version,
-            path,
-            settings.model,
-            metrics,
-            live["id"],
-            live=immediate,
-            adoption=result["adoption"],
-        )
-        if not immediate:
-            supersede_candidates(db, settings.model, version)
-    return result
+    samples = (before["samples"], after["samples"])
+    return publish_policy(ctx, policy, live, "ppo", metrics, samples)
 
 
 def _trainable_state(policy: Policy) -> list[torch.Tensor]:

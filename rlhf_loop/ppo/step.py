@@ -30,7 +30,9 @@ from rlhf_loop.ppo.math import (
     value_loss,
 )
 from rlhf_loop.ppo.policy import REFERENCE, Policy, forward, reference_logits
+from rlhf_loop.ppo.ptx import PtxSource
 from rlhf_loop.ppo.rollout import Rollout
+from rlhf_loop.sft.loss import mean_response_nll
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class PPOHyper:
     ema_reference: float = 0.0  # 0: frozen base reference
     kl_budget: float = 0.0  # nats per response; a batch whose KL passes it is not trained on
     max_grad_norm: float = 1.0
+    ptx_coef: float = 0.0  # weight of the supervised loss mixed into each update (PPO-ptx)
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Optimisation:
     moments: RunningMoments
     generator: torch.Generator
     world: World = field(default_factory=World)
+    ptx: PtxSource | None = None  # what PPO-ptx mixes in; None: plain PPO
 
 
 def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
@@ -176,6 +180,14 @@ def _update(
         new_values, old_values[idx], returns[idx], mask, hyper.clip_value
     )
     loss = pg_loss + hyper.vf_coef * vf_loss
+    ptx_stats = {}
+    if state.ptx is not None and hyper.ptx_coef:
+        # PPO-ptx: the supervised loss on a fresh draw of demonstrations, same backward pass
+        ptx = state.ptx.next(policy.device)
+        ptx_logits, _ = forward(policy, ptx["input_ids"], ptx["attention_mask"], False)
+        ptx_loss = mean_response_nll(ptx_logits, ptx["input_ids"], ptx["response_mask"])
+        loss = loss + hyper.ptx_coef * ptx_loss
+        ptx_stats = {"ptx_loss": ptx_loss.item()}
     state.optimiser.zero_grad(set_to_none=True)
     loss.backward()
     _averaged_step(state, hyper)
@@ -183,7 +195,7 @@ def _update(
         entropy = masked_mean(
             entropy_from_logits(response_logits.detach(), temperature=batch.temperature), mask
         )
-    return {
+    return ptx_stats | {
         "policy_loss": pg_loss.item(),
         "value_loss": vf_loss.item(),
         "entropy": entropy.item(),
