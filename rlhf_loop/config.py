@@ -163,6 +163,9 @@ class Settings:
     reward_model_weight: float = 1.0
     verifier_format_pattern: str = ""
     verifier_max_words: int = 0
+    # False: prompts a reward function applies to are kept out of the human ranking queue, so
+    # people rank what only people can judge.
+    verified_prompts_to_humans: bool = True
 
     # Judging policies by people. "human": a finished PPO round is a candidate, shown only in
     # blind comparison items against the live version, made live when people prefer it;

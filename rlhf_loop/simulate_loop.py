@@ -31,6 +31,7 @@ from rlhf_loop.store import jobs
 from rlhf_loop.store.adoption import blind_pair, pending_candidate, reject
 from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
 from rlhf_loop.store.versions import list_versions, live_policy
+from rlhf_loop.verifiers import for_people
 
 SCORING_SAMPLES = 4  # per held-out prompt, for the oracle's score
 # Settings under which the demo model learns within minutes on a laptop CPU. A held-out share
@@ -110,7 +111,7 @@ def _sample_items(db, settings: Settings, policy: LivePolicy, params, n: int, se
     what the worker's queue top-up does."""
     live = live_policy(db, settings.model)
     model, tokenizer, version = policy.current(live)
-    batch = prompts_to_sample(db, version, n)
+    batch = prompts_to_sample(db, version, n, for_people(settings))
     pair = blind_pair(db, settings.model) if settings.eval_share > 0 else None
     if pair is not None:
         count = blind_count(db, (pair[0]["version"], pair[1]["version"]), n, settings.eval_share)

@@ -154,6 +154,21 @@ def function_values(
     return totals, means
 
 
-def verifiable(functions: Sequence[RewardFunction], prompt: str) -> bool:
-    """Whether a function applies to ``prompt`` (probed with an empty response)."""
-    return any(function.fn(prompt, "") is not None for function in functions)
+def for_people(settings: Settings) -> Callable[[str], bool] | None:
+    """With ``verified_prompts_to_humans = false``, the test that keeps a prompt in the human
+    queue: no reward function applies to it (probed with an empty response; a function that
+    fails on that probe counts as applying, so the prompt goes to the program, not to people).
+    None when every prompt goes to people."""
+    if settings.verified_prompts_to_humans:
+        return None
+    functions = reward_functions(settings)
+    if not functions:
+        return None
+
+    def applies(function: RewardFunction, prompt: str) -> bool:
+        try:
+            return function.fn(prompt, "") is not None
+        except Exception:  # a user's function; the round will name its failure
+            return True
+
+    return lambda prompt: not any(applies(f, prompt) for f in functions)

@@ -15,12 +15,14 @@ from rlhf_loop.job_runner import JobError
 from rlhf_loop.model.demo_corpus import ARITHMETIC, demo_prompts
 from rlhf_loop.ppo import round as ppo_round
 from rlhf_loop.store import jobs
+from rlhf_loop.store.generations import prompts_to_sample
 from rlhf_loop.store.versions import live_policy
 from rlhf_loop.verifiers import (
     FUNCTION_METRIC,
     RewardFunction,
     VerifierFailed,
     arithmetic,
+    for_people,
     function_values,
     reward_functions,
 )
@@ -165,3 +167,18 @@ def test_a_round_with_nothing_to_reward_or_a_failing_function_says_why_and_chang
             job_context(db, tmp_path, demo_model_path, "ppo_round", **overrides)
         )
     assert live_policy(db, "demo")["version"] == before
+
+
+def test_prompts_a_program_checks_can_be_kept_out_of_the_human_queue(tmp_path: Path) -> None:
+    db = fresh_db(tmp_path)
+    add_texts(db, ["What is 2 + 3?", "Tell me about tea.", "What is 4 * 5?", "Say hi."])
+    checked = Settings(reward_functions=ARITHMETIC_FN, verified_prompts_to_humans=False)
+    people = [text for _, text in prompts_to_sample(db, 0, 10, for_people(checked))]
+    assert people == ["Tell me about tea.", "Say hi."]
+    assert [t for _, t in prompts_to_sample(db, 0, 1, for_people(checked))] == [
+        "Tell me about tea."
+    ]
+    assert for_people(checked.replace(verified_prompts_to_humans=True)) is None
+    assert for_people(Settings(verified_prompts_to_humans=False)) is None  # no functions named
+    failing = Settings(reward_functions="test_verifiers:explodes", verified_prompts_to_humans=False)
+    assert for_people(failing)("Say hi.") is False  # failing on the probe: left to the program

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import sqlite_utils
@@ -40,19 +41,24 @@ def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
 
 
 def prompts_to_sample(
-    db: sqlite_utils.Database, policy_version: int, n: int
+    db: sqlite_utils.Database,
+    policy_version: int,
+    n: int,
+    for_people: Callable[[str], bool] | None = None,
 ) -> list[tuple[int, str]]:
-    """The n prompts in use with the fewest ranking tasks at this policy version, oldest first."""
+    """The n prompts in use with the fewest ranking tasks at this policy version, oldest first;
+    only those ``for_people`` accepts when given (a program checks the others' answers)."""
     rows = db.execute(
         f"""
         SELECT p.id, p.text FROM prompts p
         LEFT JOIN comparisons c ON c.prompt_id = p.id AND c.policy_version = ?
         WHERE {IN_USE}
-        GROUP BY p.id ORDER BY count(c.id), p.id LIMIT ?
+        GROUP BY p.id ORDER BY count(c.id), p.id {"" if for_people else "LIMIT ?"}
         """,
-        [policy_version, n],
-    ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+        [policy_version] + ([] if for_people else [n]),
+    )
+    kept = (row for row in rows if for_people is None or for_people(row[1]))
+    return [(r[0], r[1]) for r in itertools.islice(kept, n)]
 
 
 def add_comparisons(
