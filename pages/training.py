@@ -12,11 +12,11 @@ from rlhf_loop.arena.sequential import BOUNDARY_AT_BUDGET, MIN_RANKINGS
 from rlhf_loop.arena.strengths import BETTER, NO_EVIDENCE
 from rlhf_loop.human_verdicts import Standing, blind_ranking_count, standings
 from rlhf_loop.reports import (
+    job_curves,
     jobs_table,
     metric_columns,
     policy_samples,
     policy_versions_table,
-    ppo_curves,
     reward_accuracy_points,
     reward_versions_table,
     running_job,
@@ -51,13 +51,16 @@ config = settings()
 db = database()
 st.title("Training")
 
-reward_col, ppo_col, note_col = st.columns([1, 1, 2])
+reward_col, ppo_col, sft_col, note_col = st.columns([1, 1, 1, 2])
 if reward_col.button("Train reward model now", type="primary", icon=":material/model_training:"):
     job_id = enqueue(db, "train_reward", {"reason": "operator"})
     st.toast(f"Reward-model training queued as job {job_id}")
 if ppo_col.button("Run a PPO round now", icon=":material/rocket_launch:"):
     job_id = enqueue(db, "ppo_round", {"reason": "operator"})
     st.toast(f"PPO round queued as job {job_id}")
+if sft_col.button("Run an SFT round now", icon=":material/edit_note:"):
+    job_id = enqueue(db, "sft_round", {"reason": "operator"})
+    st.toast(f"SFT round queued as job {job_id}")
 every = config.reward_retrain_every
 schedule = (
     f"The reward model retrains every {every} new rankings"
@@ -70,6 +73,15 @@ follow = (
     else "."
 )
 note_col.caption(schedule + follow)
+note_col.caption(
+    "An SFT round trains the live policy on people's demonstrations"
+    + (
+        f", by itself every {config.sft_retrain_every} new ones"
+        if config.sft_retrain_every
+        else " (only when you ask: sft_retrain_every = 0)"
+    )
+    + "; its version is published like a PPO round's."
+)
 if config.policy_adoption == "human":
     note_col.caption(
         "Run a PPO round now skips the reward model's gate, and is safe: under policy_adoption = "
@@ -91,7 +103,7 @@ st.session_state[DRAWN] = (page_state(db, config.model), time.monotonic())
 
 def curve_grid(job: dict) -> None:
     """One small chart per logged quantity of a job, three to a row."""
-    names = ppo_curves(db, job["id"]) if job["kind"] == "ppo_round" else ["loss", "nu"]
+    names = job_curves(db, job["id"], job["kind"])
     curves = metric_columns(db, job["id"], names)
     if not curves["step"]:
         return
@@ -392,6 +404,13 @@ else:
     if last_round:
         st.caption(f"Curves of the last PPO round (job {last_round['job']})")
         curve_grid({"id": last_round["job"], "kind": "ppo_round"})
+    last_sft = next((j for j in finished_jobs() if j["kind"] == "sft_round"), None)
+    if last_sft:
+        st.caption(
+            f"Loss of the last SFT round (job {last_sft['job']}); its held-out demonstration NLL "
+            "before -> after is in the table above"
+        )
+        curve_grid({"id": last_sft["job"], "kind": "sft_round"})
     show_make_live()
 
     exportable = [p for p in policies if p["files"] != "(the base model)"]

@@ -25,6 +25,7 @@ from rlhf_loop.store.db import write_txn
 HANDLERS = {
     "train_reward": "rlhf_loop.reward.job:run_train_reward",
     "ppo_round": "rlhf_loop.ppo.round:run_ppo_round",
+    "sft_round": "rlhf_loop.sft.job:run_sft_round",
 }
 
 

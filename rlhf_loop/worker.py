@@ -172,12 +172,17 @@ def _selector(settings: Settings):
 
 
 def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> bool:
-    """Claim and run the next job (enqueueing a due retrain first); False when none ran."""
+    """Claim and run the next job (enqueueing a due retrain or SFT round first); False when none
+    ran."""
     from rlhf_loop.job_runner import JobContext, run_job
     from rlhf_loop.reward.job import retrain_due
+    from rlhf_loop.sft.job import JOB_KIND, sft_due
 
     if retrain_due(db, settings):
         jobs.enqueue(db, "train_reward", {"reason": "new rankings"})
+    sft_params = sft_due(db, settings)
+    if sft_params is not None:
+        jobs.enqueue(db, JOB_KIND, sft_params)
     job = jobs.claim(db, beat.holder, settings.lease_timeout_s, settings.job_max_attempts)
     if job is None:
         return False

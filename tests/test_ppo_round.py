@@ -97,14 +97,14 @@ def test_round_with_an_ema_reference_trains_and_moves_the_reference(
     trained, tmp_path: Path, demo_model_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded: list[tuple[Policy, list[torch.Tensor]]] = []
-    load = ppo_round._load_policy
+    load = ppo_round.load_live_policy
 
     def keep(*args):
         policy = load(*args)
         loaded.append((policy, [p.detach().clone() for p in policy.adapter_parameters(REFERENCE)]))
         return policy
 
-    monkeypatch.setattr(ppo_round, "_load_policy", keep)
+    monkeypatch.setattr(ppo_round, "load_live_policy", keep)
     ctx = job_context(trained, tmp_path, demo_model_path, "ppo_round", ppo_ema_reference=0.9)
     result = ppo_round.run_ppo_round(ctx)
     assert result["kl_after"] is not None

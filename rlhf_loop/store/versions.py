@@ -111,6 +111,19 @@ def latest_version(db: sqlite_utils.Database, kind: str) -> dict[str, Any] | Non
     return _with_metrics(row) if row else None
 
 
+def latest_policy_trained_by(db: sqlite_utils.Database, how: str) -> dict[str, Any] | None:
+    """The newest policy version whose metrics say ``trained_by = how`` ("ppo" or "sft"),
+    live or not: what an automatic round counts its new data from."""
+    rows = db["model_versions"].rows_where(
+        "kind = 'policy' AND json_extract(metrics, '$.trained_by') = ?",
+        [how],
+        order_by="version DESC",
+        limit=1,
+    )
+    row = next(iter(rows), None)
+    return _with_metrics(row) if row else None
+
+
 def list_versions(db: sqlite_utils.Database, kind: str) -> list[dict[str, Any]]:
     rows = db["model_versions"].rows_where("kind = ?", [kind], order_by="version DESC")
     return [_with_metrics(r) for r in rows]
