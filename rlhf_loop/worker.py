@@ -201,25 +201,37 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
 def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bool:
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
     from rlhf_loop.blind_items import add_blind_items
+    from rlhf_loop.config import ConfigError
     from rlhf_loop.model.loader import ModelLoadError
     from rlhf_loop.sampler import sample_responses
     from rlhf_loop.store.generations import add_comparisons, prompts_to_sample
     from rlhf_loop.store.gold import recount_gold_tokens
     from rlhf_loop.store.tasks import free_slots
     from rlhf_loop.store.versions import live_policy
+    from rlhf_loop.verifiers import for_people
 
     live = live_policy(db, settings.model)
     model, tokenizer, version = policy.current(live)
     recount_gold_tokens(db, lambda text: len(tokenizer(text)["input_ids"]))
     free = free_slots(db, settings.overlap, settings.assignment_timeout_s)
     wanted = math.ceil((settings.queue_depth - free) / settings.overlap)
+    try:
+        to_people = for_people(settings)
+    except ConfigError as exc:  # a PPO round refuses it by name; the queue still fills
+        beat.report(f"{exc}: every prompt goes to people")
+        to_people = None
     batch = (
-        prompts_to_sample(db, version, min(wanted, settings.sample_batch_prompts))
+        prompts_to_sample(db, version, min(wanted, settings.sample_batch_prompts), to_people)
         if wanted > 0
         else []
     )
     if not batch:
-        beat.report("queue full" if wanted <= 0 else "no prompts to sample: import some")
+        beat.report(
+            "queue full"
+            if wanted <= 0
+            else "no prompts for people to rank: import some"
+            + ("" if to_people is None else " (reward functions check the others)")
+        )
         return False
     beat.report(
         f"sampling {len(batch)} prompt(s) with policy v{version}",
