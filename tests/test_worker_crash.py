@@ -1,7 +1,7 @@
-"""A worker SIGKILLed in a reward-model retrain or a PPO round, first in the middle of training,
-then at a random moment (loading, training, evaluating or saving): after each kill the database
-is sound, no ranking is lost, nothing half-written is registered and the live policy is a
-complete version; the next worker retries the job to the end.
+"""A worker SIGKILLed in a reward-model retrain, a PPO round or an SFT round, first in the middle
+of training, then at a random moment (loading, training, evaluating or saving): after each kill
+the database is sound, no ranking is lost, nothing half-written is registered and the live
+policy is a complete version; the next worker retries the job to the end.
 
 The random moments come from FAULT_SEED (default: a fresh seed, printed on failure), so a failure
 can be replayed with the same seed."""
@@ -20,16 +20,18 @@ from fault_checks import assert_sound, ranking_rows
 from store_helpers import fresh_db, oracle_rankings
 from worker_helpers import wait_for, worker_env
 
+from rlhf_loop.model.demo_corpus import ARITHMETIC, demo_prompts
+from rlhf_loop.simulate_demonstrations import add_oracle_demonstrations
 from rlhf_loop.store import jobs
 from rlhf_loop.store.leases import live_holder
-from rlhf_loop.store.versions import latest_version, live_policy
+from rlhf_loop.store.versions import latest_version, list_versions, live_policy
 from rlhf_loop.worker import LEASE
 
 REPO = Path(__file__).resolve().parent.parent
 LEASE_S = 3.0
 
 
-def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
+def _env(tmp_path: Path, model_path: Path, **overrides) -> dict[str, str]:
     return worker_env(
         tmp_path,
         model_path,
@@ -41,6 +43,7 @@ def _env(tmp_path: Path, model_path: Path) -> dict[str, str]:
         ppo_batch_prompts=8,
         ppo_minibatch=8,
         ppo_eval_prompts=4,
+        **overrides,
     )
 
 
@@ -137,4 +140,28 @@ def test_ppo_round_killed_mid_training_and_at_a_random_moment_keeps_the_live_pol
     assert row["attempts"] >= 2
     live = live_policy(db, "demo")
     assert live["version"] > live_before["version"] and Path(live["path"]).is_dir()
+    assert not list((tmp_path / "runs" / "policy").glob(".v*"))  # no half-written leftovers
+
+
+def test_sft_round_killed_mid_training_and_at_a_random_moment_keeps_the_live_policy(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    db = fresh_db(tmp_path)
+    add_oracle_demonstrations(db, demo_prompts(40, kinds=(ARITHMETIC,)))
+    # many small steps: a round long enough to be killed in the middle of
+    env = _env(tmp_path, demo_model_path, sft_epochs=30, sft_batch=2)
+    live_before = live_policy(db, "demo")
+    job_id = jobs.enqueue(db, "sft_round", {"reason": "test"})
+
+    def mid_training() -> bool:
+        return len(jobs.job_metrics(db, job_id)) >= 5
+
+    def old_policy_live() -> None:
+        assert live_policy(db, "demo")["version"] == live_before["version"]
+
+    row = _killed_twice_then_finished(db, env, job_id, mid_training, 10.0, old_policy_live)
+    assert row["attempts"] >= 2
+    live = live_policy(db, "demo")
+    assert live["version"] > live_before["version"] and live["metrics"]["trained_by"] == "sft"
+    assert len([v for v in list_versions(db, "policy") if v["path"]]) == 1  # registered once
     assert not list((tmp_path / "runs" / "policy").glob(".v*"))  # no half-written leftovers

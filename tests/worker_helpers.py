@@ -29,6 +29,7 @@ def worker_env(tmp_path: Path, model_path: Path, **overrides) -> dict[str, str]:
         device="cpu",
         seed_demo_prompts=False,
         reward_retrain_every=0,
+        sft_retrain_every=0,
         ppo_after_reward=False,
         reward_lr=1e-3,
         reward_max_length=64,
