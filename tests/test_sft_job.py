@@ -165,3 +165,26 @@ def test_a_failed_automatic_round_is_not_queued_again_on_the_same_demonstrations
     assert sft_job.sft_due(db, settings) is None
     add_oracle_demonstrations(db, prompts[3:])  # new data: due again
     assert sft_job.sft_due(db, settings) == {"reason": "new demonstrations", "count": 4}
+
+
+def test_the_training_page_shows_an_sft_round_and_queues_one(
+    data_dir: Path, demo_model_path: Path
+) -> None:
+    from app_helpers import operator_page
+
+    db = fresh_db(data_dir)
+    add_oracle_demonstrations(db, _arithmetic(30))
+    ctx = job_context(db, data_dir, demo_model_path, "sft_round", **SMALL)
+    result = sft_job.run_sft_round(ctx)
+    at = operator_page("pages/training.py")
+    rows = next(d.value for d in at.dataframe if "trained by" in d.value.columns)
+    row = rows.set_index("version").loc[result["version"]]
+    assert row["trained by"] == "sft"
+    assert row["held-out demonstration NLL"] == (
+        f"{result['nll_before']:.3f} -> {result['nll_after']:.3f} "
+        f"({result['heldout_demonstrations']} held out)"
+    )
+    assert any(f"last SFT round (job {ctx.job.id})" in c.value for c in at.caption)
+    assert "sft_loss" in [c.value for c in at.caption]  # its curve's title
+    next(b for b in at.button if b.label == "Run an SFT round now").click().run()
+    assert [j["status"] for j in db["jobs"].rows_where("kind = 'sft_round'")] == ["done", "queued"]
