@@ -279,7 +279,7 @@ def test_store_feeds_live_rankings_only(tmp_path: Path) -> None:
     report = {row["annotator"]: row for row in annotator_report(db)}
     assert list(report) == ["ada", "bob", "cat", "dan"]
     assert report["ada"] == {
-        "annotator": "ada", "ranked": 6, "skipped": 0, "flagged": 0,
+        "annotator": "ada", "ranked": 6, "skipped": 0, "flagged": 0, "written": 0,
         "median_s": 3.5, "p90_s": pytest.approx(5.5),
         # policy items 1-5: on 1-3 bob, dan (order) and cat (reverse) make a consensus order;
         # on 4-5 only dan and cat, exactly opposed: no consensus, counted but not scored
@@ -311,7 +311,7 @@ def test_report_lists_annotators_before_any_overlap(tmp_path: Path) -> None:
     rows = annotator_report(db)
     assert [r["annotator"] for r in rows] == ["ada", "newcomer"]
     assert rows[1] == {
-        "annotator": "newcomer", "ranked": 0, "skipped": 0, "flagged": 0,
+        "annotator": "newcomer", "ranked": 0, "skipped": 0, "flagged": 0, "written": 0,
         "median_s": None, "p90_s": None,
         "agreement_tau": None, "agreement_items": 0, "agreement_scored": 0,
         "gold_items": 0, "gold_tau": None, "gold_pair_accuracy": None,

@@ -17,6 +17,7 @@ from rlhf_loop.demonstration_import import DemonstrationImportError, parse_demon
 from rlhf_loop.export import export_jsonl, ranking_records
 from rlhf_loop.export_sft import export_sft_jsonl
 from rlhf_loop.reward.data import load_rankings
+from rlhf_loop.store.annotator_table import annotator_table
 from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.db import open_db
 from rlhf_loop.store.demonstrations import (
@@ -142,6 +143,19 @@ def test_undo_retracts_the_written_answer_and_a_redo_supersedes_it(db) -> None:
     assert did != redo and live_demonstration_count(db) == 1
     back = reopen_last(db, ada)
     assert (back.status, back.ranks) == ("demonstrated", None)
+
+
+def test_the_dashboard_counts_written_answers_and_lists_their_writer(db) -> None:
+    ada, bob = annotator_id(db, "ada"), annotator_id(db, "bob")
+    _write(db, ada, "written without a ranking")  # her only answer
+    _write(db, bob, "written with one", ranks=[1, 2, 3])
+    _write(db, bob, "then undone")
+    reopen_last(db, bob)
+    table = annotator_table(db)
+    rows = {row["annotator"]: row for row in table.rows}
+    assert table.without_answers == []
+    assert (rows["ada"]["written"], rows["ada"]["ranked"]) == (1, 0)
+    assert (rows["bob"]["written"], rows["bob"]["ranked"]) == (1, 1)
 
 
 # --- counting as a ranking -------------------------------------------------------------------

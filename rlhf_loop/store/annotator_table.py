@@ -30,6 +30,7 @@ TABLE_COLUMNS = [
     "ranked",
     "skipped",
     "flagged",
+    "written",
     "median_s",
     "p90_s",
     "idle_excluded",
@@ -59,7 +60,7 @@ def annotator_table(db: sqlite_utils.Database, cutoff_s: float = IDLE_CUTOFF_S) 
     excluded_total = 0
     for row in annotator_report(db):
         name = row["annotator"]
-        if row["ranked"] + row["skipped"] + row["flagged"] == 0:
+        if row["ranked"] + row["skipped"] + row["flagged"] + row["written"] == 0:
             without.append(name)
             continue
         values = seconds.get(name, [])

@@ -33,6 +33,7 @@ from rlhf_loop.agreement import (
     shared_items,
 )
 from rlhf_loop.store.annotators import SIMULATED
+from rlhf_loop.store.demonstrations import LIVE_DEMONSTRATION
 from rlhf_loop.store.training_rankings import BY_SIMULATED, LIVE_RANKING, RANKED_ITEMS, TRAINS
 
 
@@ -99,6 +100,20 @@ def _status_counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
     return counts
 
 
+def _written_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """Live answers written on the Rank page, per annotator name (imported ones have none)."""
+    return dict(
+        db.execute(
+            f"""
+            SELECT a.name, count(*) FROM demonstrations d
+            JOIN rankings r ON r.id = d.ranking_id
+            JOIN annotators a ON a.id = r.annotator_id
+            WHERE {LIVE_DEMONSTRATION} GROUP BY a.name
+            """
+        ).fetchall()
+    )
+
+
 def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """One row per annotator, ordered by name, ready for ``st.dataframe``.
 
@@ -106,13 +121,15 @@ def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     operators who never answered (they sign in to run the loop, not to rank) and simulated
     annotators (they are no people; the Dashboard shows them apart).
 
-    Columns: annotator, ranked, skipped, flagged (live answers), median_s, p90_s (seconds per
+    Columns: annotator, ranked, skipped, flagged, written (live answers; an item answered with a
+    written answer and no ranking of the K is only "written"), median_s, p90_s (seconds per
     ranking), agreement_tau (mean tau-b vs the leave-one-out consensus on policy items),
     agreement_items (policy items shared with another annotator), agreement_scored (of those,
     items with a defined tau), gold_items, gold_tau, gold_pair_accuracy. None where a figure has
     nothing to rest on yet.
     """
     counts = _status_counts(db)
+    written = _written_counts(db)
     seconds = seconds_by_annotator(db)
     consensus = consensus_agreement(judgements(db, gold=False))
     gold = gold_agreement(judgements(db, gold=True), gold_orders(db))
@@ -130,6 +147,7 @@ def annotator_report(db: sqlite_utils.Database) -> list[dict[str, Any]]:
                 "ranked": counts[name].get("ranked", 0),
                 "skipped": counts[name].get("skipped", 0),
                 "flagged": counts[name].get("flagged", 0),
+                "written": written.get(name, 0),
                 "median_s": timing.median,
                 "p90_s": timing.p90,
                 "agreement_tau": agree.tau if agree else None,
