@@ -6,7 +6,8 @@ adopting candidates, or ``--adoption immediate``) and writes
 bench/out/demo_<oracle>_<adoption>_seed<N>.json and .png. This script then
 draws every seed's live-policy correctness per iteration in one plot and prints the summary.
 
-    python bench/demo_runs.py [--seeds 3] [--oracle arithmetic] [--adoption human] [--reuse]
+    python bench/demo_runs.py [--seeds 3] [--first-seed 0] [--oracle arithmetic]
+                              [--adoption human] [--reuse]
 
 ``--reuse`` plots the JSON files already there instead of running the demo again.
 Writes bench/out/demo_<oracle>_<adoption>.png and .json.
@@ -81,13 +82,19 @@ def plot(results: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed .. first-seed + seeds - 1 (e.g. 3 to confirm on seeds not tuned on)",
+    )
     parser.add_argument("--oracle", default="arithmetic")
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--adoption", choices=["human", "immediate"], default="human")
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     results = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         saved = OUT / f"demo_{args.oracle}_{args.adoption}_seed{seed}.json"
         results.append(
             json.loads(saved.read_text())
@@ -100,6 +107,8 @@ def main() -> None:
         "min_change": min(r["summary"]["change"] for r in results),
     }
     name = f"demo_{args.oracle}_{args.adoption}"
+    if args.first_seed:
+        name += f"_seeds{args.first_seed}-{args.first_seed + args.seeds - 1}"
     (OUT / f"{name}.json").write_text(json.dumps(summary, indent=2))
     plot(results, OUT / f"{name}.png")
     for row in summary["per_seed"]:
