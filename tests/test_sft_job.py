@@ -18,6 +18,7 @@ from rlhf_loop.model.demo_corpus import ARITHMETIC, demo_prompts
 from rlhf_loop.ppo.round import run_ppo_round
 from rlhf_loop.reward.data import is_held_out
 from rlhf_loop.sampler import LivePolicy
+from rlhf_loop.sft import data as sft_data
 from rlhf_loop.sft import job as sft_job
 from rlhf_loop.simulate_demonstrations import add_oracle_demonstrations
 from rlhf_loop.store import jobs
@@ -122,7 +123,7 @@ def test_only_held_out_demonstrations_is_refused(
 ) -> None:
     db = fresh_db(tmp_path)
     add_oracle_demonstrations(db, _arithmetic(5))
-    monkeypatch.setattr(sft_job, "is_held_out", lambda prompt, fraction: True)
+    monkeypatch.setattr(sft_data, "is_held_out", lambda prompt, fraction: True)
     ctx = job_context(db, tmp_path, demo_model_path, "sft_round")
     with pytest.raises(JobError, match=r"all 5 demonstration\(s\) are on held-out prompts"):
         sft_job.run_sft_round(ctx)
@@ -158,7 +159,7 @@ def test_a_failed_automatic_round_is_not_queued_again_on_the_same_demonstrations
     prompts = _arithmetic(4)
     add_oracle_demonstrations(db, prompts[:3])
     settings = _worker_settings(db, tmp_path, demo_model_path, sft_retrain_every=3)
-    monkeypatch.setattr(sft_job, "is_held_out", lambda prompt, fraction: True)
+    monkeypatch.setattr(sft_data, "is_held_out", lambda prompt, fraction: True)
     assert _worker_pass(db, settings, demo_model_path)
     [failed] = db["jobs"].rows
     assert failed["status"] == "failed" and "held-out prompts" in failed["error"]

@@ -19,9 +19,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlhf_loop.config import Settings
-from rlhf_loop.export_sft import sft_records
-from rlhf_loop.reward.data import is_held_out
-from rlhf_loop.sft.data import sft_inputs, text_inputs
+from rlhf_loop.sft.data import live_demonstrations, sft_inputs, split_demonstrations, text_inputs
 
 
 class PtxUnavailable(ValueError):
@@ -54,9 +52,8 @@ def training_demonstrations(
     db: sqlite_utils.Database, heldout_fraction: float
 ) -> tuple[list[str], list[str]]:
     """Live demonstrations on prompts PPO trains on: (prompts, answers)."""
-    pairs = [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in sft_records(db)]
-    kept = [(p, a) for p, a in pairs if not is_held_out(p, heldout_fraction)]
-    return [p for p, _ in kept], [a for _, a in kept]
+    train, _ = split_demonstrations(live_demonstrations(db), heldout_fraction)
+    return [p for p, _ in train], [a for _, a in train]
 
 
 def ptx_source(

@@ -7,11 +7,30 @@ response, so SFT teaches exactly the text PPO later samples.
 
 from __future__ import annotations
 
+import sqlite_utils
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rlhf_loop.reward.data import reward_inputs
+from rlhf_loop.export_sft import sft_records
+from rlhf_loop.reward.data import is_held_out, reward_inputs
 from rlhf_loop.reward.likelihood import with_end_token
+
+Demonstration = tuple[str, str]  # (prompt, answer)
+
+
+def live_demonstrations(db: sqlite_utils.Database) -> list[Demonstration]:
+    """What the SFT export holds: live demonstrations on prompts in use, oldest first."""
+    return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in sft_records(db)]
+
+
+def split_demonstrations(
+    pairs: list[Demonstration], heldout_fraction: float
+) -> tuple[list[Demonstration], list[Demonstration]]:
+    """(training, held-out) by prompt, as the reward model and PPO split prompts: no stage of
+    the loop trains on what another is judged by."""
+    held = [pair for pair in pairs if is_held_out(pair[0], heldout_fraction)]
+    train = [pair for pair in pairs if not is_held_out(pair[0], heldout_fraction)]
+    return train, held
 
 
 def sft_inputs(

@@ -24,7 +24,9 @@ def demonstration_nll(
     batch_size: int = 16,
 ) -> float | None:
     """Mean NLL per response token (end token included) over all demonstrations; None for
-    none."""
+    none. Without dropout, whatever mode the model was in (a policy mid-round)."""
+    training = model.training
+    model.eval()
     total, tokens = 0.0, 0.0
     for start in range(0, len(prompts), batch_size):
         inputs = sft_inputs(
@@ -43,4 +45,5 @@ def demonstration_nll(
         row_total, row_tokens = response_nll(logits, inputs["input_ids"], inputs["response_mask"])
         total += row_total.sum().item()
         tokens += row_tokens.sum().item()
+    model.train(training)
     return total / tokens if tokens else None

@@ -16,31 +16,16 @@ from typing import Any
 import sqlite_utils
 
 from rlhf_loop.config import Settings
-from rlhf_loop.export_sft import sft_records
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.ppo.publish import load_live_policy, publish_policy
-from rlhf_loop.reward.data import is_held_out
+from rlhf_loop.sft.data import live_demonstrations, split_demonstrations
 from rlhf_loop.sft.evaluate import demonstration_nll
-from rlhf_loop.sft.train import Demonstration, SFTConfig, train_sft
+from rlhf_loop.sft.train import SFTConfig, train_sft
 from rlhf_loop.store.versions import latest_policy_trained_by, live_policy
 
 JOB_KIND = "sft_round"
 TRAINED_BY = "sft"
 LOSS_METRIC = "sft_loss"
-
-
-def live_demonstrations(db: sqlite_utils.Database) -> list[Demonstration]:
-    """What the SFT export holds: live demonstrations on prompts in use, oldest first."""
-    return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in sft_records(db)]
-
-
-def split_demonstrations(
-    pairs: list[Demonstration], heldout_fraction: float
-) -> tuple[list[Demonstration], list[Demonstration]]:
-    """(training, held-out) by prompt, as the reward model and PPO split prompts."""
-    held = [pair for pair in pairs if is_held_out(pair[0], heldout_fraction)]
-    train = [pair for pair in pairs if not is_held_out(pair[0], heldout_fraction)]
-    return train, held
 
 
 def sft_due(db: sqlite_utils.Database, settings: Settings) -> dict[str, Any] | None:

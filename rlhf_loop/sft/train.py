@@ -15,10 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_loop.ppo.policy import Policy, forward
-from rlhf_loop.sft.data import sft_inputs
+from rlhf_loop.sft.data import Demonstration, sft_inputs
 from rlhf_loop.sft.loss import mean_response_nll
-
-Demonstration = tuple[str, str]  # (prompt, answer)
 
 
 @dataclass(frozen=True)
