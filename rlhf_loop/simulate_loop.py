@@ -76,10 +76,14 @@ class _Quiet:
 def oracle_scores(
     model, tokenizer, oracle: Oracle, prompts: list[str], max_new_tokens: int
 ) -> list[float]:
-    """The hidden preference's score of each of a model's samples (a fixed seed), held-out."""
-    torch.manual_seed(1234)
+    """The hidden preference's score of each of a model's samples (a fixed seed), held-out.
+    The seed is set on a forked stream: scoring a version must not reseed the loop's own
+    sampling and training (it did, and made runs of different seeds alike after the first
+    score)."""
     params = SamplingParams(SCORING_SAMPLES, 1.0, 1.0, 0, max_new_tokens)
-    groups = sample_responses(model, tokenizer, prompts, params)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        groups = sample_responses(model, tokenizer, prompts, params)
     return [oracle.score(p, s.text) for p, g in zip(prompts, groups, strict=True) for s in g]
 
 
