@@ -1,15 +1,24 @@
-"""Issue 13's verifiable-rewards claim: PPO rounds on the arithmetic check, with no rankings.
+"""Issue 13's verifiable-rewards claims: PPO rounds on the arithmetic check, with and without
+rankings of another preference beside it.
 
-Per seed, on a fresh data dir holding the demo world's 180 arithmetic prompts and the shipped demo
-model: ``--rounds`` PPO rounds (the demo's loop settings: 120 steps of 16 prompts x 4 samples)
-whose only reward is ``rlhf_loop.verifiers:arithmetic`` (``reward_model_weight = 0``: no reward
-model, no rankings). Before and after each round, the live policy's arithmetic correctness (8
-samples at T=1 per prompt, a fixed seed) on the prompts the rounds train on and, apart, on the
-held-out prompts they never see, with the round's KL to the base.
+Per seed, on a fresh data dir with the shipped demo model, ``--rounds`` PPO rounds (the demo's
+loop settings: 120 steps of 16 prompts x 4 samples) rewarded by ``rlhf_loop.verifiers:arithmetic``:
 
-    python bench/verifier_rounds.py [--seeds 3] [--rounds 3]
+- ``--arm verifier`` (default): the demo world's 180 arithmetic prompts, the check alone
+  (``reward_model_weight = 0``: no reward model, no rankings);
+- ``--arm mixed-verifier``: 200 prompts of every demo kind, the check alone;
+- ``--arm mixed-rankings``: the same prompts, and before each round 64 rankings by simulated
+  annotators who prefer answers saying "thank" (noise 0.3, ties within 0.5) train the reward
+  model, whose score is added to the check's.
 
-Writes bench/out/verifier_rounds.json and, with matplotlib, verifier_rounds.png.
+Before and after each round: the live policy's arithmetic correctness (8 samples at T=1 per
+prompt, a fixed seed) on the arithmetic prompts the rounds train on and, apart, on held-out ones
+they never see; the share of answers saying "thank" on held-out prompts (4 samples each); and
+the round's KL to the base.
+
+    python bench/verifier_rounds.py [--arm verifier] [--seeds 3] [--rounds 3]
+
+Writes bench/out/verifier_rounds_<arm>.json and, with matplotlib, a .png beside it.
 """
 
 from __future__ import annotations
@@ -33,53 +42,90 @@ from rlhf_loop.model.demo_corpus import ARITHMETIC  # noqa: E402
 from rlhf_loop.model.loader import resolve_model_path  # noqa: E402
 from rlhf_loop.ppo.round import run_ppo_round, split_prompts  # noqa: E402
 from rlhf_loop.sampler import LivePolicy  # noqa: E402
-from rlhf_loop.simulate_loop import DEMO_LOOP_SETTINGS, run_job  # noqa: E402
+from rlhf_loop.simulate import KeywordOracle, SimulatedAnnotator, parse_arithmetic  # noqa: E402
+from rlhf_loop.simulate_loop import (  # noqa: E402
+    DEMO_LOOP_SETTINGS,
+    oracle_scores,
+    run_job,
+    run_loop,
+)
 from rlhf_loop.store.db import open_db  # noqa: E402
 from rlhf_loop.store.versions import live_policy  # noqa: E402
 
 OUT = REPO / "bench" / "out"
-VERIFIER_SETTINGS = DEMO_LOOP_SETTINGS | {
-    "reward_functions": "rlhf_loop.verifiers:arithmetic",
-    "reward_model_weight": 0.0,
+ARITHMETIC_CHECK = {"reward_functions": "rlhf_loop.verifiers:arithmetic"}
+ARMS = {  # prompts, settings, whether simulated people rank before each round
+    "verifier": ("arithmetic", ARITHMETIC_CHECK | {"reward_model_weight": 0.0}, False),
+    "mixed-verifier": ("mixed", ARITHMETIC_CHECK | {"reward_model_weight": 0.0}, False),
+    "mixed-rankings": ("mixed", ARITHMETIC_CHECK, True),
 }
+KEYWORD = KeywordOracle("thank")
+RANKINGS, NOISE, TIE = 64, 0.3, 0.5
 
 
-def correctness(db, settings: Settings, policy: LivePolicy, train, held_out) -> dict:
+def measure(db, settings: Settings, policy: LivePolicy, train, held_out) -> dict:
+    """Arithmetic correctness on trained and held-out arithmetic prompts; "thank" share."""
     model, tokenizer, version = policy.current(live_policy(db, settings.model))
+    tokens = settings.max_new_tokens
+    sums = [p for p in train if parse_arithmetic(p)], [p for p in held_out if parse_arithmetic(p)]
+    thanks = oracle_scores(model, tokenizer, KEYWORD, held_out, tokens)
     return {
         "version": version,
-        "train": arithmetic_correctness(model, tokenizer, train, settings.max_new_tokens),
-        "held_out": arithmetic_correctness(model, tokenizer, held_out, settings.max_new_tokens),
+        "train": arithmetic_correctness(model, tokenizer, sums[0], tokens),
+        "held_out": arithmetic_correctness(model, tokenizer, sums[1], tokens),
+        "thank_share": sum(thanks) / len(thanks),
     }
 
 
-def run_seed(seed: int, rounds: int, model_path: str) -> dict:
+def run_seed(arm: str, seed: int, rounds: int, model_path: str) -> dict:
     started = time.perf_counter()
     torch.manual_seed(seed)
+    kind, overrides, ranked = ARMS[arm]
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=tmp, **VERIFIER_SETTINGS)
+        settings = Settings(data_dir=tmp, **(DEMO_LOOP_SETTINGS | overrides))
         db = open_db(settings.resolved_db_path)
-        add_demo_prompts(db, None, (ARITHMETIC,))
+        add_demo_prompts(db, *((None, (ARITHMETIC,)) if kind == "arithmetic" else ()))
         train, held_out = split_prompts(db, settings)
         policy = LivePolicy(model_path, settings.device, settings.dtype)
-        rows = [correctness(db, settings, policy, train, held_out) | {"round": 0, "kl": None}]
-        for number in range(1, rounds + 1):
-            result = run_job(db, settings, "ppo_round", run_ppo_round, model_path)
-            row = correctness(db, settings, policy, train, held_out)
-            row |= {"round": number, "kl": result.get("kl_after"), "job": result}
-            rows.append(row)
+        rows = [measure(db, settings, policy, train, held_out) | {"round": 0, "kl": None}]
+
+        def record(number: int, kl: float | None) -> None:
+            rows.append(
+                measure(db, settings, policy, train, held_out) | {"round": number, "kl": kl}
+            )
+            row = rows[-1]
             print(
-                f"seed {seed} round {number}: correctness on training prompts "
-                f"{rows[0]['train']:.3f} -> {row['train']:.3f}, held-out {rows[0]['held_out']:.3f}"
-                f" -> {row['held_out']:.3f}, KL {row['kl']}",
+                f"{arm} seed {seed} round {number}: arithmetic correctness trained "
+                f"{rows[0]['train']:.3f} -> {row['train']:.3f}, held-out "
+                f"{rows[0]['held_out']:.3f} -> {row['held_out']:.3f}; 'thank' "
+                f"{rows[0]['thank_share']:.3f} -> {row['thank_share']:.3f}; KL {kl}",
                 flush=True,
             )
+
+        if ranked:
+            annotator = SimulatedAnnotator(KEYWORD, noise=NOISE, tie_threshold=TIE, seed=seed)
+            run_loop(
+                db,
+                settings,
+                model_path,
+                annotator,
+                rounds,
+                RANKINGS,
+                lambda number, curve: record(number, curve.kl[-1] if curve.kl else None),
+                force_rounds=True,
+            )
+        else:
+            for number in range(1, rounds + 1):
+                record(
+                    number,
+                    run_job(db, settings, "ppo_round", run_ppo_round, model_path).get("kl_after"),
+                )
     return {
+        "arm": arm,
         "seed": seed,
         "train_prompts": len(train),
         "held_out_prompts": len(held_out),
-        "rounds": [{k: v for k, v in r.items() if k != "job"} for r in rows],
-        "refused": [r["job"]["refused"] for r in rows[1:] if "refused" in r["job"]],
+        "rounds": rows,
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
@@ -100,7 +146,7 @@ def plot(results: list[dict], path: Path) -> bool:
             color=line.get_color(),
             label=f"seed {result['seed']}",
         )
-    ax.set_xlabel("PPO round (reward: the arithmetic check only)")
+    ax.set_xlabel(f"PPO round ({results[0]['arm']})")
     ax.set_ylabel("arithmetic correctness (solid: trained, dashed: held-out)")
     ax.legend(fontsize=8)
     save(fig, path)
@@ -109,15 +155,23 @@ def plot(results: list[dict], path: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--arm", choices=sorted(ARMS), default="verifier")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     model_path = resolve_model_path(Settings())
-    results = [run_seed(seed, args.rounds, model_path) for seed in range(args.seeds)]
+    results = [run_seed(args.arm, seed, args.rounds, model_path) for seed in range(args.seeds)]
     gains = [r["rounds"][-1]["train"] - r["rounds"][0]["train"] for r in results]
     held = [r["rounds"][-1]["held_out"] - r["rounds"][0]["held_out"] for r in results]
-    summary = {"train_gain": gains, "held_out_change": held, "min_train_gain": min(gains)}
-    out = OUT / "verifier_rounds.json"
+    thanks = [r["rounds"][-1]["thank_share"] - r["rounds"][0]["thank_share"] for r in results]
+    summary = {
+        "arm": args.arm,
+        "train_gain": gains,
+        "held_out_change": held,
+        "thank_share_change": thanks,
+        "min_train_gain": min(gains),
+    }
+    out = OUT / f"verifier_rounds_{args.arm}.json"
     out.write_text(json.dumps({"summary": summary, "runs": results}, indent=2))
     print(json.dumps(summary))
     if plot(results, out.with_suffix(".png")):
