@@ -207,7 +207,7 @@ def policy_samples(db: sqlite_utils.Database) -> dict[int, dict[str, str]]:
     samples: dict[int, dict[str, str]] = {}
     for version in sorted(list_versions(db, "policy"), key=lambda v: v["version"]):
         meta = _policy_meta(version["path"])
-        if meta is None or not meta["samples_after"]:  # an SFT round samples nothing
+        if meta is None or meta["metrics"].get("trained_by") == "sft":  # SFT samples nothing
             continue
         parent = meta["metrics"].get("parent_version")
         if parent is not None:

@@ -15,6 +15,7 @@ from store_helpers import fresh_db, oracle_rankings
 
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobError, run_job
+from rlhf_loop.ppo import publish as ppo_publish
 from rlhf_loop.ppo import round as ppo_round
 from rlhf_loop.ppo.cli import run_round_command
 from rlhf_loop.ppo.distributed import World
@@ -38,7 +39,7 @@ def test_a_read_only_disk_fails_the_commands_job_as_it_fails_the_workers(
     def read_only(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(ppo_round, "save_policy", read_only)
+    monkeypatch.setattr(ppo_publish, "save_policy", read_only)
     monkeypatch.delenv("WORLD_SIZE", raising=False)  # one process
     live_before = live_policy(trained, "demo")["version"]
     settings = Settings(

@@ -73,7 +73,7 @@ def _kill_the_app_once(env: dict[str, str], ready: Callable[[], bool], what: str
 def test_an_idle_worker_stops_when_its_app_is_killed(tmp_path: Path, demo_model_path: Path) -> None:
     env = worker_env(tmp_path, demo_model_path, lease_timeout_s=LEASE_S)
     db = fresh_db(tmp_path)  # no prompts: the worker idles between jobs
-    idle = "no prompts to sample"
+    idle = "no prompts for people to rank"
     _kill_the_app_once(env, lambda: _lease(db).get("status", "").startswith(idle), "idling")
     assert _lease(db) == {}  # released, not left to go stale
 
