@@ -17,12 +17,13 @@ import sqlite_utils
 
 from rlhf_loop.store.demonstrations import LIVE_DEMONSTRATION
 
-_DEMONSTRATIONS = f"""
-    SELECT p.text AS prompt, d.text AS answer
+_LIVE_ON_PROMPTS_IN_USE = f"""
     FROM demonstrations d JOIN prompts p ON p.id = d.prompt_id
     WHERE {LIVE_DEMONSTRATION} AND p.retired_at IS NULL
-    ORDER BY d.id
 """
+_DEMONSTRATIONS = (
+    f"SELECT p.text AS prompt, d.text AS answer {_LIVE_ON_PROMPTS_IN_USE} ORDER BY d.id"
+)
 
 
 def sft_records(db: sqlite_utils.Database) -> Iterator[dict[str, list[dict[str, str]]]]:
@@ -33,6 +34,12 @@ def sft_records(db: sqlite_utils.Database) -> Iterator[dict[str, list[dict[str, 
                 {"role": "assistant", "content": row["answer"]},
             ]
         }
+
+
+def sft_record_count(db: sqlite_utils.Database) -> int:
+    """How many records ``sft_records`` yields, without reading their texts (the worker asks on
+    every pass whether an SFT round is due)."""
+    return db.execute(f"SELECT count(*) {_LIVE_ON_PROMPTS_IN_USE}").fetchone()[0]
 
 
 def export_sft_jsonl(db: sqlite_utils.Database) -> str:

@@ -35,7 +35,6 @@ from rlhf_loop.store.prompts import prompt_texts_in_use
 from rlhf_loop.store.versions import latest_version, live_policy
 from rlhf_loop.verifiers import FUNCTION_METRIC, VerifierFailed, reward_functions
 
-KIND = "policy"
 SAMPLES_KEPT = 8  # eval samples stored with a version, for the side-by-side view
 KL_HORIZON = 10_000  # steps over which the adaptive controller closes its error (Ziegler et al.)
 

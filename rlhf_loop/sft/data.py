@@ -28,8 +28,10 @@ def split_demonstrations(
 ) -> tuple[list[Demonstration], list[Demonstration]]:
     """(training, held-out) by prompt, as the reward model and PPO split prompts: no stage of
     the loop trains on what another is judged by."""
-    held = [pair for pair in pairs if is_held_out(pair[0], heldout_fraction)]
-    train = [pair for pair in pairs if not is_held_out(pair[0], heldout_fraction)]
+    train: list[Demonstration] = []
+    held: list[Demonstration] = []
+    for pair in pairs:
+        (held if is_held_out(pair[0], heldout_fraction) else train).append(pair)
     return train, held
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import sqlite_utils
 
 from rlhf_loop.config import Settings
+from rlhf_loop.export_sft import sft_record_count
 from rlhf_loop.job_runner import JobContext, JobError
 from rlhf_loop.ppo.publish import load_live_policy, publish_policy
 from rlhf_loop.sft.data import live_demonstrations, split_demonstrations
@@ -35,7 +36,7 @@ def sft_due(db: sqlite_utils.Database, settings: Settings) -> dict[str, Any] | N
     held out, say): the worker would otherwise queue the same failing round on every loop."""
     if settings.sft_retrain_every <= 0:
         return None
-    count = len(live_demonstrations(db))
+    count = sft_record_count(db)
     latest = latest_policy_trained_by(db, TRAINED_BY)
     used = latest["metrics"].get("demonstrations_used", 0) if latest else 0
     if count - used < settings.sft_retrain_every:
