@@ -10,7 +10,6 @@ import contextlib
 import gc
 import os
 import sys
-import time
 
 import sqlite_utils
 import streamlit as st
@@ -25,8 +24,8 @@ from rlhf_loop.store.annotators import (
     record_operator_sign_in,
 )
 from rlhf_loop.store.db import StoreError, open_db
-from rlhf_loop.store.events import log_event
 from rlhf_loop.store.leases import live_holder
+from rlhf_loop.store.sign_in_limits import Lock, begin_attempt, finish_attempt
 from rlhf_loop.worker import LEASE
 from rlhf_loop.worker_launch import ensure_worker, recent_failure
 
@@ -151,11 +150,6 @@ def ask_annotator_name() -> None:
                 st.rerun()
 
 
-# A session that fails this many sign-ins in a row waits LOCKOUT_S before the next try.
-MAX_FAILED_SIGN_INS = 5
-LOCKOUT_S = 60.0
-
-
 def operator_hash() -> str:
     """The configured hash, read on every call (an edited secrets.toml applies at once), or
     this server's one-off one."""
@@ -200,30 +194,35 @@ def require_operator() -> None:
 
 
 def sign_in(name: str, password: str) -> str | None:
-    """Check the credential; returns why it failed, or None when the session is an operator."""
-    locked_until = st.session_state.get("locked_until", 0.0)
-    if time.time() < locked_until:
-        return f"Too many failed attempts; try again in {locked_until - time.time():.0f} s."
+    """Check the credential; returns why it failed, or None when the session is an operator.
+
+    Failed attempts are counted in the database per name and per client address, not in this
+    session, so a new browser session gets no fresh tries (``rlhf_loop.store.sign_in_limits``).
+    """
     try:
         name = clean_name(name)
         encoded = operator_hash()
-    except (AnnotatorNameError, CredentialError) as exc:
-        return str(exc)
-    if not verify_password(password, encoded):
-        failures = st.session_state.get("failed_sign_ins", 0) + 1
-        st.session_state["failed_sign_ins"] = failures
-        if failures >= MAX_FAILED_SIGN_INS:
-            st.session_state["locked_until"] = time.time() + LOCKOUT_S
-            st.session_state["failed_sign_ins"] = 0
-        log_event(database(), "operator_sign_in_failed", name=name)
-        return "Wrong password."
-    try:
-        record_operator_sign_in(database(), name)
-    except AnnotatorNameError as exc:  # a simulated annotator's name: no person's
+        db, client = database(), client_address()
+        attempt = begin_attempt(db, name, client)
+        if isinstance(attempt, Lock):
+            return attempt.message()
+        password_ok = verify_password(password, encoded)
+        lock = finish_attempt(db, attempt, password_ok)
+        if not password_ok:
+            return "Wrong password." + (f" {lock.message()}" if lock else "")
+        record_operator_sign_in(db, name, client)
+    except (AnnotatorNameError, CredentialError, StoreError) as exc:
         return str(exc)
     st.session_state["operator"] = name
-    st.session_state["failed_sign_ins"] = 0
     return None
+
+
+def client_address() -> str | None:
+    """The address of this session's connection, as the server saw it (a proxy's, behind one).
+    None when Streamlit reports none: on loopback, and outside a server (AppTest has a mock
+    there, not an address); the sign-in limits then count by name alone."""
+    address = st.context.ip_address
+    return address if isinstance(address, str) and address else None
 
 
 def sign_out() -> None:

@@ -1,5 +1,5 @@
 """Settings page (operators): the settings in force, annotator links, the guidelines annotators
-see beside every item, the database snapshot and its restore."""
+see beside every item, the database snapshot and its restore, and the log of operator sign-ins."""
 
 import dataclasses
 from urllib.parse import urlencode
@@ -18,6 +18,13 @@ from rlhf_loop.store.guidelines import (
     GuidelinesError,
     current_guidelines,
     set_guidelines,
+)
+from rlhf_loop.store.sign_in_limits import (
+    FIRST_LOCK_S,
+    LIMITS,
+    MAX_LOCK_S,
+    WINDOW_S,
+    sign_in_log,
 )
 
 enter_through_app()
@@ -157,3 +164,16 @@ with st.form("restore", clear_on_submit=True):
                 st.error(f"{message}. Nothing was changed.", icon=":material/error:")
             else:
                 st.success(report.summary(), icon=":material/check:")
+
+st.subheader("Operator sign-ins")
+st.caption(
+    f"The newest attempts, from any browser session. {LIMITS['name']} failed sign-ins for a name "
+    f"within {WINDOW_S / 60:.0f} min lock that name (and {LIMITS['client']} from one address lock "
+    f"the address) for {FIRST_LOCK_S / 60:.0f} min, twice as long at each lock after, up to "
+    f"{MAX_LOCK_S / 60:.0f} min; a right password resets it. Passwords are never stored."
+)
+attempts = sign_in_log(db)
+if attempts:
+    st.dataframe(attempts, hide_index=True, width="stretch")
+else:
+    st.info("No sign-ins yet.")

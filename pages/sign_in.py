@@ -3,6 +3,7 @@
 import streamlit as st
 
 from pages.common import enter_through_app, sign_in
+from rlhf_loop.plain_text import markdown_escaped
 
 enter_through_app()
 
@@ -17,6 +18,6 @@ with st.form("sign-in"):
     if st.form_submit_button("Sign in", type="primary", icon=":material/login:"):
         problem = sign_in(name, password)
         if problem:
-            st.error(problem, icon=":material/error:")
+            st.error(markdown_escaped(problem), icon=":material/error:")
         else:
             st.rerun()

@@ -11,6 +11,7 @@ import sqlite_utils
 
 from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.events import log_event
+from rlhf_loop.store.sign_in_limits import FAILED, SIGNED_IN
 
 MAX_NAME_CHARS = 64
 # The role of a simulated annotator (``rlhf_loop.simulate_process``): every ranking it gives is
@@ -70,13 +71,18 @@ def _same_kind(known: dict, role: str) -> int:
     return known["id"]
 
 
-def record_operator_sign_in(db: sqlite_utils.Database, name: str) -> int:
+def record_operator_sign_in(db: sqlite_utils.Database, name: str, client: str | None = None) -> int:
     """Operators are people in the same table, with the role that lets them in; the sign-in is
-    in the audit log, so every operator action can be traced to a name."""
-    person = annotator_id(db, name, role="operator")
+    in the audit log with the client's address, so every operator action can be traced to a
+    name. A name this refuses (a simulated annotator's) is logged as a failed sign-in."""
+    try:
+        person = annotator_id(db, name, role="operator")
+    except AnnotatorNameError as exc:
+        log_event(db, FAILED, name=name, client=client, reason=str(exc))
+        raise
     with write_txn(db):
         db["annotators"].update(person, {"role": "operator"})
-        log_event(db, "operator_signed_in", person, name=name)
+        log_event(db, SIGNED_IN, person, name=name, client=client)
     return person
 
 

@@ -335,6 +335,26 @@ def _v8_demonstrations(db: sqlite_utils.Database) -> None:
     db["demonstrations"].create_index(["ranking_id"], unique=True)
 
 
+def _v9_sign_in_limits(db: sqlite_utils.Database) -> None:
+    """Operator sign-in attempts and the locks they led to, so a lock-out holds across browser
+    sessions and restarts (``rlhf_loop.store.sign_in_limits``). ``client`` is the address
+    Streamlit saw, NULL when it reports none (a loopback connection); ``ok`` is NULL while the
+    password is being checked, then 0 or 1."""
+    db["sign_in_attempts"].create(
+        {"id": int, "name": str, "client": str, "at": float, "ok": int},
+        pk="id",
+        not_null={"name", "at"},
+    )
+    db["sign_in_attempts"].create_index(["name", "at"])
+    db["sign_in_attempts"].create_index(["client", "at"])
+    # One row per name and per client: how many locks in a row, and until when the last holds.
+    db["sign_in_locks"].create(
+        {"scope": str, "key": str, "strikes": int, "locked_until": float},
+        pk=("scope", "key"),
+        not_null={"strikes", "locked_until"},
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _v1_labeling,
     _v2_jobs,
@@ -344,6 +364,7 @@ MIGRATIONS: list[Migration] = [
     _v6_annotator_aids,
     _v7_simulated_annotators,
     _v8_demonstrations,
+    _v9_sign_in_limits,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
