@@ -1,8 +1,9 @@
 """Sampling K responses per prompt from the policy, in batches, with the parameters recorded.
 
-Left padding and one ``generate`` call per batch of prompts with ``num_return_sequences=K``:
-the prompt is encoded once per prompt, and the batch keeps the per-token Python overhead,
-which dominates small models on a CPU, shared across B*K sequences.
+One sampler serves the annotators' queue and PPO's rollouts (``draw_responses``, on
+``rlhf_loop.ppo.rollout_sampling``): left padding, one prefill per prompt shared by its K rows,
+and one decode loop over the batch, so the per-token Python overhead, which dominates small
+models on a CPU, is shared across B*K sequences, and the queue's items come as fast as rollouts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.config import Settings
 from rlhf_loop.model.prompting import format_prompt
+from rlhf_loop.ppo.rollout_sampling import RolloutTokens, SampleConfig, ValueHead, sample_tokens
 from rlhf_loop.store.generations import Sample
 
 
@@ -39,6 +41,9 @@ class SamplingParams:
         """What is stored with each generation, so a response can be reproduced in kind."""
         return {**asdict(self), "model": model_name}
 
+    def sample_config(self) -> SampleConfig:
+        return SampleConfig(self.max_new_tokens, self.temperature, self.top_p, self.top_k)
+
 
 def prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     """Prompt tokens that fit beside the response in the model's context, if it has a limit."""
@@ -48,19 +53,34 @@ def prompt_budget(model: PreTrainedModel, max_new_tokens: int) -> int | None:
     return None if limit is None else max(1, limit - max_new_tokens)
 
 
-@torch.inference_mode()
-def sample_responses(
+@dataclass(frozen=True)
+class DrawnResponses:
+    """Responses to prompts repeated K times (row i is prompt i // K), with the query batch they
+    were sampled from: what PPO slices and the queue stores."""
+
+    prompts: list[str]  # one per row
+    query_ids: torch.Tensor  # [B, P] left-padded
+    query_mask: torch.Tensor
+    tokens: RolloutTokens
+    texts: list[str]
+
+
+def draw_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
-    params: SamplingParams,
-) -> list[list[Sample]]:
-    """K samples for each prompt; over-long prompts keep their end (where the question is)."""
-    if not prompts:
-        return []
-    budget = prompt_budget(model, params.max_new_tokens)
-    tokenizer.truncation_side = "left"
-    batch = tokenizer(
+    samples_per_prompt: int,
+    config: SampleConfig,
+    generator: torch.Generator | None = None,
+    value_head: ValueHead | None = None,
+) -> DrawnResponses:
+    """K responses to each prompt; over-long prompts keep their end (where the question is).
+
+    Without a ``generator`` the draw uses torch's global RNG, as ``generate`` did.
+    """
+    budget = prompt_budget(model, config.max_new_tokens)
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    query = tokenizer(
         [format_prompt(tokenizer, p) for p in prompts],
         return_tensors="pt",
         padding=True,
@@ -68,28 +88,45 @@ def sample_responses(
         max_length=budget,
         add_special_tokens=False,
     ).to(model.device)
-    output = model.generate(
-        **batch,
-        do_sample=True,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        top_k=params.top_k,
-        max_new_tokens=params.max_new_tokens,
-        num_return_sequences=params.k,
-        pad_token_id=tokenizer.pad_token_id,
+    ids = query["input_ids"].repeat_interleave(samples_per_prompt, 0)
+    mask = query["attention_mask"].repeat_interleave(samples_per_prompt, 0)
+    tokens = sample_tokens(
+        model,
+        ids,
+        mask,
+        config,
         eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        generator=generator,
+        value_head=value_head,
     )
-    new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-    samples = [_to_sample(tokens, tokenizer) for tokens in new_tokens]
+    texts = [
+        tokenizer.decode(row[kept.bool()], skip_special_tokens=True).strip()
+        for row, kept in zip(tokens.response_ids, tokens.response_mask, strict=True)
+    ]
+    rows = [p for p in prompts for _ in range(samples_per_prompt)]
+    return DrawnResponses(rows, ids, mask, tokens, texts)
+
+
+def sample_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    params: SamplingParams,
+    generator: torch.Generator | None = None,
+) -> list[list[Sample]]:
+    """K samples for each prompt, drawn as PPO draws its rollouts."""
+    if not prompts:
+        return []
+    drawn = draw_responses(model, tokenizer, prompts, params.k, params.sample_config(), generator)
+    counts = drawn.tokens.response_mask.sum(1).tolist()
+    samples = [
+        Sample(text=text, token_count=count, finished=finished)
+        for text, count, finished in zip(
+            drawn.texts, counts, drawn.tokens.eos_found.tolist(), strict=True
+        )
+    ]
     return [samples[i * params.k : (i + 1) * params.k] for i in range(len(prompts))]
-
-
-def _to_sample(tokens: list[int], tokenizer: PreTrainedTokenizerBase) -> Sample:
-    eos = tokenizer.eos_token_id
-    finished = eos in tokens
-    kept = tokens[: tokens.index(eos) + 1] if finished else tokens
-    text = tokenizer.decode(kept, skip_special_tokens=True).strip()
-    return Sample(text=text, token_count=len(kept), finished=finished)
 
 
 class LivePolicy:

@@ -6,14 +6,13 @@ left-padded batch whose response logits sit at ``[P - 1 : P - 1 + T]`` for every
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from rlhf_loop.model.prompting import format_prompt
-from rlhf_loop.ppo.policy import Policy
-from rlhf_loop.ppo.rollout_sampling import SampleConfig, sample_tokens
-from rlhf_loop.sampler import prompt_budget
+from rlhf_loop.ppo.policy import Policy, merged_adapter
+from rlhf_loop.ppo.rollout_sampling import SampleConfig
+from rlhf_loop.sampler import draw_responses
 
 
 @dataclass
@@ -29,6 +28,10 @@ class Rollout:
     # included), and that distribution's temperature: PPO's log-probs use the same temperature
     sample_logprobs: torch.Tensor
     temperature: float = 1.0
+    # [B, T] the policy's log-probs (untruncated, at ``temperature``) and values, as the
+    # sampler's decode computed them; None where they must come from a forward pass
+    policy_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -41,17 +44,13 @@ class Rollout:
     def select(self, keep: torch.Tensor) -> Rollout:
         """The rows where ``keep`` is true (e.g. those the reward model could score)."""
         rows = keep.nonzero().squeeze(-1).tolist()
-        return Rollout(
-            [self.prompts[i] for i in rows],
-            self.query_ids[rows],
-            self.query_mask[rows],
-            self.response_ids[rows],
-            self.response_mask[rows],
-            self.eos_found[rows],
-            [self.texts[i] for i in rows],
-            self.sample_logprobs[rows],
-            self.temperature,
-        )
+
+        def kept(value):
+            if isinstance(value, list):
+                return [value[i] for i in rows]
+            return value[rows] if isinstance(value, torch.Tensor) else value
+
+        return Rollout(**{f.name: kept(getattr(self, f.name)) for f in fields(self)})
 
     def response_slice(self, per_position: torch.Tensor) -> torch.Tensor:
         """The positions whose outputs predict (or value) the response tokens."""
@@ -67,40 +66,36 @@ def rollout(
     config: SampleConfig,
     generator: torch.Generator | None = None,
 ) -> Rollout:
-    tokenizer = policy.tokenizer
-    rows = [p for p in prompts for _ in range(samples_per_prompt)]
-    budget = prompt_budget(policy.model, config.max_new_tokens)
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
-    query = tokenizer(
-        [format_prompt(tokenizer, p) for p in rows],
-        return_tensors="pt",
-        padding=True,
-        truncation=budget is not None,
-        max_length=budget,
-        add_special_tokens=False,
-    ).to(policy.device)
+    """``samples_per_prompt`` responses to each prompt, drawn with the adapter merged in.
+
+    No dropout (eval mode), so the sampler's decode is the policy's forward pass, and on a
+    float32 base its log-probs and values are kept for PPO's step instead of a second forward
+    pass over the batch (they match one to ~1e-5; on a bfloat16 base the decode's rounding
+    differs from the batched pass's, so the step recomputes them).
+    """
     policy.model.eval()  # no dropout: the rollout's distribution is the one PPO's ratio starts at
-    tokens = sample_tokens(
-        policy.model,
-        query["input_ids"],
-        query["attention_mask"],
-        config,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        generator=generator,
-    )
-    texts = [
-        tokenizer.decode(ids[mask.bool()], skip_special_tokens=True).strip()
-        for ids, mask in zip(tokens.response_ids, tokens.response_mask, strict=True)
-    ]
+    exact = policy.float32_base
+    with merged_adapter(policy):
+        drawn = draw_responses(
+            policy.model,
+            policy.tokenizer,
+            prompts,
+            samples_per_prompt,
+            config,
+            generator,
+            policy.values if exact else None,
+        )
+    tokens = drawn.tokens
     return Rollout(
-        rows,
-        query["input_ids"],
-        query["attention_mask"],
+        drawn.prompts,
+        drawn.query_ids,
+        drawn.query_mask,
         tokens.response_ids,
         tokens.response_mask,
         tokens.eos_found,
-        texts,
+        drawn.texts,
         tokens.logprobs,
         1.0 if config.greedy else config.temperature,
+        tokens.policy_logprobs if exact else None,
+        tokens.values,
     )

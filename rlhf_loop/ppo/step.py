@@ -71,11 +71,21 @@ def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
     is not applied: the updated policy's nucleus differs from the sampler's, and a token outside
     it would get probability 0 and an undefined ratio (TRL and OpenRLHF make the same choice);
     ``ppo_step`` reports the gap to the sampler's truncated log-probs.
+
+    Where the rollout kept the policy's log-probs and values from its decode (no dropout, a
+    float32 base) they are used as they are, sparing a forward pass over the batch; the
+    reference's always takes one.
     """
     with torch.no_grad():
-        logits, values = forward(policy, batch.input_ids, batch.attention_mask, with_values=True)
-        old_logp = _response_logprobs(batch, logits)
-        old_values = batch.response_slice(values)
+        if batch.policy_logprobs is not None and batch.values is not None:
+            old_logp = batch.policy_logprobs.to(policy.device)
+            old_values = batch.values.to(policy.device)
+        else:
+            logits, values = forward(
+                policy, batch.input_ids, batch.attention_mask, with_values=True
+            )
+            old_logp = _response_logprobs(batch, logits)
+            old_values = batch.response_slice(values)
         ref = reference_logits(policy, batch.input_ids, batch.attention_mask)
         ref_logp = _response_logprobs(batch, ref)
     return old_logp, old_values, ref_logp
