@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from transformers.generation.logits_process import (
 
 from rlhf_loop.model.loader import load_causal_lm
 from rlhf_loop.model.prompting import format_prompt
+from rlhf_loop.ppo import rollout_sampling
 from rlhf_loop.ppo.rollout_sampling import RolloutTokens, SampleConfig, draw, sample_tokens
 
 # Prompts of different lengths (so the batch is really left-padded), some the demo model ends
@@ -332,3 +334,92 @@ def test_decoding_passes_the_cache_under_its_current_name(demo) -> None:
     wrapped = ours(OnlyCurrentNames(), batch, SampleConfig(8, greedy=True), tok.eos_token_id, 0)
     direct = ours(model, batch, SampleConfig(8, greedy=True), tok.eos_token_id, 0)
     assert torch.equal(wrapped.response_ids, direct.response_ids)
+
+
+class PrefillRows(torch.nn.Module):
+    """The model, recording how many rows each call fed (the first call is the prefill)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.inner, self.rows = model, []
+
+    def forward(self, **kwargs):
+        self.rows.append(kwargs["input_ids"].shape[0])
+        return self.inner(**kwargs)
+
+
+def test_rows_of_one_prompt_share_its_prefill_and_draw_what_their_own_would(demo) -> None:
+    """K samples per prompt: one prefill per prompt, the same tokens under the same generator
+    as a prefill per row, and log-probs equal to rounding."""
+    model, tok = demo
+    batch = {k: v.repeat_interleave(4, 0) for k, v in encode(tok, PROMPTS).items()}
+    config = SampleConfig(16, temperature=1.0, top_p=0.95)
+    shared_model = PrefillRows(model)
+    shared = ours(shared_model, batch, config, tok.eos_token_id, tok.pad_token_id, seed=3)
+    per_row_model = PrefillRows(model)
+    with mock.patch.object(rollout_sampling, "prompt_groups", lambda ids, mask: None):
+        per_row = ours(per_row_model, batch, config, tok.eos_token_id, tok.pad_token_id, seed=3)
+    assert (shared_model.rows[0], per_row_model.rows[0]) == (len(PROMPTS), 4 * len(PROMPTS))
+    assert torch.equal(shared.response_ids, per_row.response_ids)
+    assert len({tuple(r) for r in shared.response_ids.tolist()}) > len(PROMPTS)  # rows differ
+    for mine, theirs in [
+        (shared.logprobs, per_row.logprobs),
+        (shared.policy_logprobs, per_row.policy_logprobs),
+    ]:
+        assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_prompt_groups_match_ids_and_mask_and_keep_batch_order() -> None:
+    pad = 0
+    ids = torch.tensor([[pad, 5, 6], [7, 8, 9], [pad, 5, 6], [pad, 5, 6], [7, 8, 9]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    first, inverse = rollout_sampling.prompt_groups(ids, mask)
+    # row 3 has the same ids as row 0 but attends to its first token: a different prompt
+    assert torch.equal(ids[first][inverse], ids) and torch.equal(mask[first][inverse], mask)
+    assert sorted(first.tolist()) == [0, 1, 3]
+    assert inverse[0] == inverse[2] != inverse[3] and inverse[1] == inverse[4]
+    assert rollout_sampling.prompt_groups(ids[:2], mask[:2]) is None  # all distinct
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SampleConfig(10, temperature=0.7, top_p=0.8), SampleConfig(10, greedy=True)],
+    ids=["top-p", "greedy"],
+)
+def test_policy_logprobs_and_values_are_a_fresh_forward_passs(demo, config) -> None:
+    """What PPO would recompute: log-probs at the sampling temperature without truncation
+    (greedy: temperature 1) and the value head on the last hidden state, to float rounding."""
+    model, tok = demo
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    torch.nn.init.normal_(head.weight, generator=torch.Generator().manual_seed(0))
+    batch = {k: v.repeat_interleave(2, 0) for k, v in encode(tok, PROMPTS[:4]).items()}
+    out = sample_tokens(
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        config,
+        tok.eos_token_id,
+        tok.pad_token_id,
+        torch.Generator().manual_seed(6),
+        value_head=lambda hidden: head(hidden).squeeze(-1),
+    )
+    ids = torch.cat([batch["input_ids"], out.response_ids], 1)
+    mask = torch.cat([batch["attention_mask"], out.response_mask], 1)
+    with torch.inference_mode():
+        full = model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            output_hidden_states=True,
+        )
+        start, length = batch["input_ids"].shape[1] - 1, out.response_ids.shape[1]
+        temperature = 1.0 if config.greedy else config.temperature
+        logits = full.logits[:, start : start + length].float() / temperature
+        expected = torch.log_softmax(logits, -1).gather(-1, out.response_ids[..., None])[..., 0]
+        values = head(full.hidden_states[-1][:, start : start + length]).squeeze(-1)
+    live = out.response_mask.bool()
+    assert torch.allclose(out.policy_logprobs[live], expected[live], atol=1e-5)
+    assert torch.allclose(out.values[live], values[live], atol=1e-5)
+    assert (out.policy_logprobs[~live] == 0).all() and (out.values[~live] == 0).all()
+    if not config.greedy:  # truncation: the sampler's own log-probs are the nucleus's
+        assert (out.logprobs[live] > out.policy_logprobs[live] + 1e-3).any()

@@ -6,8 +6,10 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import torch
 from store_helpers import add_texts, fresh_db
 from transformers import AutoTokenizer
 from worker_helpers import REPO, WORKER, wait_for, worker_env
@@ -15,6 +17,8 @@ from worker_helpers import REPO, WORKER, wait_for, worker_env
 from rlhf_loop.config import load_settings
 from rlhf_loop.gold_import import GoldItem
 from rlhf_loop.model.loader import load_causal_lm
+from rlhf_loop.ppo.policy import new_policy
+from rlhf_loop.ppo.rollout import rollout
 from rlhf_loop.sampler import SamplingParams, sample_responses
 from rlhf_loop.store import leases
 from rlhf_loop.store.gold import GOLD_POLICY_VERSION, add_gold_items
@@ -47,6 +51,31 @@ def test_a_prompt_longer_than_the_context_is_truncated_not_fatal(policy) -> None
     huge = "word " * 20_000 + "What is 1 + 1?"  # 100 kB
     (group,) = sample_responses(model, tokenizer, [huge], params)
     assert len(group) == 2
+
+
+def test_the_queue_draws_as_ppo_rollouts_do(policy, demo_model_path: Path) -> None:
+    """One sampler: the queue's samples are the PPO rollout's tokens for the same generator
+    seed (a fresh adapter is the base), and ``generate`` is not called."""
+    model, tokenizer = policy
+    params = SamplingParams(k=3, temperature=0.9, top_p=0.95, top_k=20, max_new_tokens=16)
+    prompts = ["What is 2 + 3?", "Describe a cat.", "Why do birds sing?"]
+    with mock.patch.object(model, "generate", side_effect=AssertionError("generate called")):
+        groups = sample_responses(
+            model, tokenizer, prompts, params, generator=torch.Generator().manual_seed(8)
+        )
+    ppo = new_policy(str(demo_model_path), "cpu", lora_r=4)
+    batch = rollout(
+        ppo, prompts, params.k, params.sample_config(), torch.Generator().manual_seed(8)
+    )
+    samples = [s for g in groups for s in g]
+    assert [s.text for s in samples] == batch.texts
+    assert [s.token_count for s in samples] == batch.response_mask.sum(1).tolist()
+    assert [s.finished for s in samples] == batch.eos_found.tolist()
+    assert len(set(batch.texts)) > len(prompts)  # sampled, not one answer per prompt
+    other = sample_responses(
+        model, tokenizer, prompts, params, generator=torch.Generator().manual_seed(9)
+    )
+    assert [s.text for g in other for s in g] != batch.texts
 
 
 def sampling_env(tmp_path: Path, demo_model_path: Path) -> dict[str, str]:
