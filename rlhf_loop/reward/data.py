@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf_loop.export import ranking_records
 from rlhf_loop.model.prompting import format_prompt
+from rlhf_loop.reward.shared_prefix import PackedRankings, pack_rankings
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,14 @@ def tail_mask(
 
 @dataclass(frozen=True)
 class RankingBatch:
-    """B rankings flattened to one forward pass over all their responses.
+    """B rankings flattened to one forward pass over all their responses (``inputs``: one row
+    per response, or one row per ranking, its prompt read once: ``shared_prefix``).
 
     ``rank_grid`` is [B, Kmax] with 0 where a ranking has fewer than Kmax responses, and
     ``slots`` says where each flattened row's reward goes in that grid.
     """
 
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor] | PackedRankings
     rank_grid: torch.Tensor
     slots: tuple[torch.Tensor, torch.Tensor]
 
@@ -116,9 +118,14 @@ class RankingBatch:
 
 
 def collate(
-    examples: list[RankingExample], tokenizer: PreTrainedTokenizerBase, max_length: int
+    examples: list[RankingExample],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    packed: bool = False,
+    end_id: int | None = None,
 ) -> RankingBatch:
-    """Tokenise every response of every ranking once (``reward_inputs``)."""
+    """Tokenise every response of every ranking once (``reward_inputs``); ``packed``: one row
+    per ranking, its prompt read once (``shared_prefix``; ``end_id`` for a likelihood reward)."""
     prompts, responses, rows, cols = [], [], [], []
     k_max = max(len(e.responses) for e in examples)
     rank_grid = torch.zeros(len(examples), k_max, dtype=torch.long)
@@ -130,4 +137,7 @@ def collate(
             cols.append(j)
             rank_grid[b, j] = rank
     inputs = reward_inputs(tokenizer, prompts, responses, max_length)
-    return RankingBatch(inputs, rank_grid, (torch.tensor(rows), torch.tensor(cols)))
+    owner = torch.tensor(rows)
+    if packed:
+        inputs = pack_rankings(inputs, owner, tokenizer.pad_token_id, end_id)
+    return RankingBatch(inputs, rank_grid, (owner, torch.tensor(cols)))

