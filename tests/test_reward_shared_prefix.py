@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from chat_models import build_chat_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from rlhf_loop.model.demo_corpus import demo_examples
@@ -18,7 +19,7 @@ from rlhf_loop.reward.model import flat_rewards, load_backbone
 from rlhf_loop.reward.shared_prefix import common_start, pack_rankings, shares_prefixes
 from rlhf_loop.reward.train import RewardTrainConfig, batch_loss, train_reward_model
 
-LONG_PROMPT = "Count with me: " + " ".join(f"{i} sheep" for i in range(40))
+LONG_PROMPT = "Count with me: " + " ".join(f"{i} sheep" for i in range(80))
 
 
 def _rankings() -> list[RankingExample]:
@@ -63,7 +64,7 @@ def test_a_ranking_shares_its_common_start_and_each_answer_keeps_its_own_end() -
 
 
 def _rewards_both_ways(
-    model: torch.nn.Module, tokenizer, rankings: list[RankingExample], max_length: int = 64
+    model: torch.nn.Module, tokenizer, rankings: list[RankingExample], max_length: int = 128
 ) -> tuple[torch.Tensor, torch.Tensor]:
     end_id = model.end_id if isinstance(model, LikelihoodReward) else None
     with torch.no_grad():
@@ -74,8 +75,21 @@ def _rewards_both_ways(
 
 @pytest.mark.parametrize("likelihood", [False, True])
 def test_packed_rankings_score_as_the_plain_batch(demo_model_path: Path, likelihood: bool) -> None:
+    _check_same_rewards(demo_model_path, likelihood)
+
+
+@pytest.mark.parametrize(("family", "likelihood"), [("llama", True), ("qwen2", False)])
+def test_packed_rankings_score_as_the_plain_batch_on_chat_models(
+    tmp_path: Path, family: str, likelihood: bool
+) -> None:
+    """Rotary positions, a chat template around the prompt, a pad token that is the end token
+    (Llama) or not (Qwen2)."""
+    _check_same_rewards(build_chat_model(family, tmp_path / family), likelihood)
+
+
+def _check_same_rewards(path: Path, likelihood: bool) -> None:
     torch.manual_seed(0)
-    model, tokenizer = load_backbone(str(demo_model_path), "cpu", likelihood_prior=likelihood)
+    model, tokenizer = load_backbone(str(path), "cpu", likelihood_prior=likelihood)
     assert shares_prefixes(model)
     if not likelihood:  # a trained-looking head, so the rewards are not all alike
         torch.nn.init.normal_(model.score.weight, std=0.5)
@@ -84,7 +98,7 @@ def test_packed_rankings_score_as_the_plain_batch(demo_model_path: Path, likelih
     assert plain.std() > 0.05
     assert torch.allclose(plain, packed, atol=1e-4, rtol=1e-5), (plain - packed).abs().max()
     # the long prompt is truncated differently per answer: that ranking shares nothing
-    packed_rows = collate(rankings, tokenizer, 64, packed=True).inputs
+    packed_rows = collate(rankings, tokenizer, 128, packed=True).inputs
     assert (packed_rows.segments[-2] == 0).sum() == 0
     assert (packed_rows.segments[0] == 0).sum() > 5  # the others share their prompt
 
@@ -132,15 +146,8 @@ def test_packed_training_takes_the_same_steps(demo_model_path: Path, likelihood:
 
 
 def test_encoders_and_other_attention_kernels_keep_the_plain_batch(demo_model_path: Path) -> None:
-    config = BertConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=1,
-    )
-    assert not shares_prefixes(BertForSequenceClassification(config))  # attends both ways
+    encoder = BertConfig(hidden_size=8, num_attention_heads=1, num_hidden_layers=1, num_labels=1)
+    assert not shares_prefixes(BertForSequenceClassification(encoder))  # attends both ways
     model, _ = load_backbone(str(demo_model_path), "cpu")
     model.config._attn_implementation = "eager"  # reads additive masks, not boolean ones
     assert not shares_prefixes(model)
