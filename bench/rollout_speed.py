@@ -1,18 +1,26 @@
-"""Rollout sampling speed: ``sample_tokens`` against ``model.generate`` on the same batch.
+"""Rollout sampling speed: our sampler against ``model.generate`` on the same batch.
 
-For each batch (P prompts x K samples, the rows repeated as a rollout does) and response budget,
-both samplers get the same left-padded batch and the same parameters:
+For each model, batch (P prompts x K samples, the rows repeated as a rollout does) and response
+budget, both samplers get the same left-padded batch and the same parameters:
 - sample: temperature 1, top-p 0.95 (``generate(do_sample=True, top_k=0, ...)``);
-- greedy: both must give identical tokens (checked), the fairest comparison of the two loops;
-- ours, rows kept: ours with ended rows decoded as padding to the end, as ``generate`` does
-  (row cutting off), to show what cutting rows is worth apart from the leaner step.
+- greedy: both must give identical tokens (checked), the fairest comparison of the two loops.
+Models: "base", the bare demo model; "policy", PPO's policy on it (``new_policy``: a LoRA
+adapter on every linear layer, rank ``--lora-r``), which ``generate`` samples through the
+adapter (as TRL's trainers do without vLLM) and ours as ``rollout`` does: adapter merged for the
+batch, value head read at every step.
+Ablations of ours (sampled only), each with one of its parts off:
+- "prefill per row": no shared prefill, each of a prompt's K rows prefilled on its own;
+- "rows kept": ended rows decoded as padding to the end, as ``generate`` does;
+- "unmerged" (policy): sampled through the adapter.
 Generated tokens are counted up to and including each row's end token, for both. Each case runs
 once to warm up, then ``--repeats`` times with the arms interleaved (so load on a shared machine
-hits both alike); reported are medians of tokens/s and of wall time per batch. Run with
-OMP_WAIT_POLICY=PASSIVE (set here when unset) on a shared CPU.
+hits both alike); reported are medians of tokens/s, of wall time per batch, and of the peak RSS
+growth during a batch (VmHWM reset before each, after handing freed heap back). Run with
+``nice -n 10``; OMP_WAIT_POLICY=PASSIVE is set here when unset. The load average before and
+after is recorded.
 
-    python bench/rollout_speed.py [--device cpu|cuda] [--prompts 16 8] [--samples 4]
-                                  [--max-new-tokens 48 64] [--repeats 5]
+    nice -n 10 python bench/rollout_speed.py [--device cpu|cuda] [--prompts 16 8]
+        [--samples 4] [--max-new-tokens 48 64] [--repeats 5] [--lora-r 8]
 
 Writes bench/out/rollout_speed.json.
 """
@@ -24,6 +32,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -31,6 +40,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -42,19 +52,36 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
+from bench import probes  # noqa: E402
 from rlhf_loop.config import Settings  # noqa: E402
 from rlhf_loop.model.demo_build import ensure_demo_model, spec_from_settings  # noqa: E402
 from rlhf_loop.model.demo_corpus import demo_examples  # noqa: E402
 from rlhf_loop.model.loader import load_causal_lm  # noqa: E402
 from rlhf_loop.model.prompting import format_prompt  # noqa: E402
 from rlhf_loop.ppo import rollout_sampling  # noqa: E402
+from rlhf_loop.ppo.policy import Policy, merged_adapter, new_policy  # noqa: E402
 from rlhf_loop.ppo.rollout_sampling import SampleConfig, sample_tokens  # noqa: E402
 
 TOP_P = 0.95
 TEMPERATURE = 1.0
-# (name, cut ended rows); the generate arm is always run beside these, and greedy runs only
-# "ours", as a rollout runs it: the ablation is about sampled lengths, which spread widely.
-OUR_ARMS = [("ours", True), ("ours, rows kept", False)]
+
+
+@dataclass(frozen=True)
+class Ours:
+    """One arm of ours: which of its parts are on."""
+
+    share_prefill: bool = True
+    cut_rows: bool = True
+    merge: bool = True
+
+
+# the sampled arms of ours besides the full one; greedy runs only the full one, as a rollout
+# does: the ablations are about sampled batches, whose lengths spread widely
+ABLATIONS = {
+    "ours, prefill per row": Ours(share_prefill=False),
+    "ours, rows kept": Ours(cut_rows=False),
+}
+POLICY_ABLATIONS = {"ours, unmerged": Ours(merge=False)}
 
 
 def distinct_prompts(n: int) -> list[str]:
@@ -93,12 +120,23 @@ def run_generate(model, batch, greedy: bool, max_new: int, tok, seed: int) -> to
     return out[:, batch["input_ids"].shape[1] :]
 
 
-def run_ours(model, batch, greedy: bool, max_new: int, tok, seed: int, cut: bool) -> torch.Tensor:
+def run_ours(
+    model, policy: Policy | None, batch, greedy: bool, max_new: int, tok, seed: int, arm: Ours
+) -> torch.Tensor:
+    """``sample_tokens`` as ``rollout`` calls it: on the policy, the adapter merged and the
+    value head read at every step."""
     config = SampleConfig(max_new, temperature=TEMPERATURE, top_p=TOP_P, greedy=greedy)
     generator = torch.Generator(device=batch["input_ids"].device).manual_seed(seed)
     never = math.inf  # a share of ended rows that is never reached: rows are kept
-    fraction = rollout_sampling._CUT_MIN_SHARE if cut else never
-    with mock.patch.object(rollout_sampling, "_CUT_MIN_SHARE", fraction):
+    fraction = rollout_sampling._CUT_MIN_SHARE if arm.cut_rows else never
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(mock.patch.object(rollout_sampling, "_CUT_MIN_SHARE", fraction))
+        if not arm.share_prefill:
+            stack.enter_context(
+                mock.patch.object(rollout_sampling, "prompt_groups", lambda ids, mask: None)
+            )
+        if policy is not None and arm.merge:
+            stack.enter_context(merged_adapter(policy))
         out = sample_tokens(
             model,
             batch["input_ids"],
@@ -107,18 +145,27 @@ def run_ours(model, batch, greedy: bool, max_new: int, tok, seed: int, cut: bool
             tok.eos_token_id,
             tok.pad_token_id,
             generator,
+            value_head=None if policy is None else policy.values,
         )
     return out.response_ids
 
 
 def timed(fn: Callable[[], torch.Tensor], device: torch.device, eos_id: int) -> dict[str, float]:
     sync(device)
+    probes.trim_heap()
+    rss_before = probes.rss_mib()
+    probes.reset_peak_rss()
     started = time.perf_counter()
     tokens = fn()
     sync(device)
     seconds = time.perf_counter() - started
     n_tokens = int(response_lengths(tokens, eos_id).sum())
-    return {"seconds": seconds, "tokens": n_tokens, "tokens_per_s": n_tokens / seconds}
+    return {
+        "seconds": seconds,
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / seconds,
+        "peak_rss_delta_mib": probes.peak_rss_mib() - rss_before,
+    }
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -126,18 +173,24 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
         "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
         "seconds_per_batch": statistics.median(r["seconds"] for r in runs),
         "tokens_per_batch": statistics.median(r["tokens"] for r in runs),
+        "peak_rss_delta_mib": statistics.median(r["peak_rss_delta_mib"] for r in runs),
         "repeats": len(runs),
     }
 
 
-def bench_case(model, tok, device, prompts, samples, max_new, greedy, repeats) -> dict[str, Any]:
+def bench_case(
+    model, policy, tok, device, prompts, samples, max_new, greedy, repeats
+) -> dict[str, Any]:
     rows = [format_prompt(tok, p) for p in prompts for _ in range(samples)]
     batch = tok(rows, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    ours = {"ours": Ours()}
+    if not greedy:
+        ours |= ABLATIONS | (POLICY_ABLATIONS if policy is not None else {})
     arms: dict[str, Callable[[int], torch.Tensor]] = {
         "generate": lambda s: run_generate(model, batch, greedy, max_new, tok, s)
     }
-    for name, cut in OUR_ARMS if not greedy else OUR_ARMS[:1]:
-        arms[name] = lambda s, cut=cut: run_ours(model, batch, greedy, max_new, tok, s, cut)
+    for name, arm in ours.items():
+        arms[name] = lambda s, arm=arm: run_ours(model, policy, batch, greedy, max_new, tok, s, arm)
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in arms}
     for arm in arms.values():  # warm-up
         arm(0)
@@ -146,16 +199,16 @@ def bench_case(model, tok, device, prompts, samples, max_new, greedy, repeats) -
             runs[name].append(timed(lambda arm=arm, r=r: arm(1 + r), device, tok.eos_token_id))
     result: dict[str, Any] = {name: summarise(v) for name, v in runs.items()}
     if greedy:
-        ours = run_ours(model, batch, True, max_new, tok, 0, cut=True)
+        mine = arms["ours"](0)
         theirs = run_generate(model, batch, True, max_new, tok, 0)
-        result["identical_tokens"] = ours.shape == theirs.shape and bool(torch.equal(ours, theirs))
+        result["identical_tokens"] = mine.shape == theirs.shape and bool(torch.equal(mine, theirs))
     return result
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'mode':7s} {'rows':>4s} {'new':>4s}  {'arm':16s} {'tok/s':>8s} {'s/batch':>8s} "
-        f"{'tok/batch':>9s} {'speed-up':>8s}"
+        f"{'model':6s} {'mode':7s} {'rows':>4s} {'new':>4s}  {'arm':22s} {'tok/s':>8s} "
+        f"{'s/batch':>8s} {'tok/batch':>9s} {'ΔRSS MiB':>8s} {'speed-up':>8s}"
     )
     print(header)
     print("-" * len(header))
@@ -165,12 +218,13 @@ def print_table(results: list[dict[str, Any]]) -> None:
             if not isinstance(r, dict):
                 continue
             print(
-                f"{case['mode']:7s} {case['rows']:4d} {case['max_new_tokens']:4d}  {arm:16s} "
-                f"{r['tokens_per_s']:8.0f} {r['seconds_per_batch']:8.3f} "
-                f"{r['tokens_per_batch']:9.0f} {r['tokens_per_s'] / base:7.2f}x"
+                f"{case['model']:6s} {case['mode']:7s} {case['rows']:4d} "
+                f"{case['max_new_tokens']:4d}  {arm:22s} {r['tokens_per_s']:8.0f} "
+                f"{r['seconds_per_batch']:8.3f} {r['tokens_per_batch']:9.0f} "
+                f"{r['peak_rss_delta_mib']:8.1f} {r['tokens_per_s'] / base:7.2f}x"
             )
         if "identical_tokens" in case["arms"]:
-            print(f"{'':19s}greedy tokens identical: {case['arms']['identical_tokens']}")
+            print(f"{'':26s}greedy tokens identical: {case['arms']['identical_tokens']}")
 
 
 def main() -> None:
@@ -180,49 +234,64 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[48, 64])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--lora-r", type=int, default=8, help="the policy's adapter rank")
     args = parser.parse_args()
+    load_before = os.getloadavg()
+    started = time.perf_counter()
     settings = Settings()
     path = ensure_demo_model(settings.resolved_model_cache_dir, spec_from_settings(settings))
-    model, tok = load_causal_lm(str(path), args.device)
-    device = model.device
+    base, tok = load_causal_lm(str(path), args.device)
+    policy = new_policy(str(path), args.device, args.lora_r)
+    policy.model.eval()
+    models = {"base": (base, None), "policy": (policy.model, policy)}
+    device = base.device
     results = []
-    for n_prompts in args.prompts:
-        prompts = distinct_prompts(n_prompts)
-        for max_new in args.max_new_tokens:
-            for mode in ("sample", "greedy"):
-                arms = bench_case(
-                    model,
-                    tok,
-                    device,
-                    prompts,
-                    args.samples,
-                    max_new,
-                    mode == "greedy",
-                    args.repeats,
-                )
-                results.append(
-                    {
-                        "mode": mode,
-                        "prompts": n_prompts,
-                        "samples": args.samples,
-                        "rows": n_prompts * args.samples,
-                        "max_new_tokens": max_new,
-                        "arms": arms,
-                    }
-                )
+    for name, (model, owner) in models.items():
+        for n_prompts in args.prompts:
+            prompts = distinct_prompts(n_prompts)
+            for max_new in args.max_new_tokens:
+                for mode in ("sample", "greedy"):
+                    arms = bench_case(
+                        model,
+                        owner,
+                        tok,
+                        device,
+                        prompts,
+                        args.samples,
+                        max_new,
+                        mode == "greedy",
+                        args.repeats,
+                    )
+                    results.append(
+                        {
+                            "model": name,
+                            "mode": mode,
+                            "prompts": n_prompts,
+                            "samples": args.samples,
+                            "rows": n_prompts * args.samples,
+                            "max_new_tokens": max_new,
+                            "arms": arms,
+                        }
+                    )
     print_table(results)
     record = {
+        "command": " ".join(["python", *sys.argv]),
         "model": str(path),
+        "lora_r": args.lora_r,
         "device": str(device),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
-        "load_average_at_end": os.getloadavg(),
+        "niceness": os.nice(0),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "wall_s": time.perf_counter() - started,
         "top_p": TOP_P,
         "temperature": TEMPERATURE,
         "cases": results,
     }
+    print(f"load average before {load_before}, after {record['load_average_after']}")
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "rollout_speed.json").write_text(json.dumps(record, indent=2) + "\n")
 

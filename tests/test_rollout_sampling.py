@@ -383,8 +383,13 @@ def test_prompt_groups_match_ids_and_mask_and_keep_batch_order() -> None:
 
 @pytest.mark.parametrize(
     "config",
-    [SampleConfig(10, temperature=0.7, top_p=0.8), SampleConfig(10, greedy=True)],
-    ids=["top-p", "greedy"],
+    [
+        SampleConfig(10, temperature=0.7),
+        SampleConfig(10, temperature=1.2, top_k=8),
+        SampleConfig(10, temperature=0.7, top_p=0.8),
+        SampleConfig(10, greedy=True),
+    ],
+    ids=["untruncated", "top-k", "top-p", "greedy"],
 )
 def test_policy_logprobs_and_values_are_a_fresh_forward_passs(demo, config) -> None:
     """What PPO would recompute: log-probs at the sampling temperature without truncation
@@ -421,5 +426,7 @@ def test_policy_logprobs_and_values_are_a_fresh_forward_passs(demo, config) -> N
     assert torch.allclose(out.policy_logprobs[live], expected[live], atol=1e-5)
     assert torch.allclose(out.values[live], values[live], atol=1e-5)
     assert (out.policy_logprobs[~live] == 0).all() and (out.values[~live] == 0).all()
-    if not config.greedy:  # truncation: the sampler's own log-probs are the nucleus's
+    if config.top_k or config.top_p < 1:  # truncated: the sampler's own are renormalised
         assert (out.logprobs[live] > out.policy_logprobs[live] + 1e-3).any()
+    elif not config.greedy:
+        assert torch.equal(out.logprobs, out.policy_logprobs)

@@ -41,8 +41,6 @@ _CUT_MIN_SHARE = 0.125
 # last-position logits [B, V] -> (token [B], its log-probability [B] under the distribution it
 # was drawn from, and under the untruncated one at the sampling temperature [B])
 Picker = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-# scaled float32 logits [B, V] -> (token [B], its log-probability where it was drawn [B])
-_Draw = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # the last hidden state at one position [B, H] -> a value per row [B] (PPO's value head)
 ValueHead = Callable[[torch.Tensor], torch.Tensor]
 
@@ -305,54 +303,67 @@ def token_picker(config: SampleConfig, generator: torch.Generator | None = None)
 
     def pick(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scaled = logits.float()
-        scaled = scaled if temperature == 1.0 else scaled / temperature
-        token, logp = chosen(scaled)
-        policy_logp = scaled.gather(-1, token[:, None]).squeeze(-1) - scaled.logsumexp(-1)
-        return token, logp, policy_logp
+        return chosen(scaled if temperature == 1.0 else scaled / temperature)
 
     return pick
 
 
-def _truncated_draw(config: SampleConfig, generator: torch.Generator | None) -> _Draw:
+def _truncated_draw(config: SampleConfig, generator: torch.Generator | None) -> Picker:
+    """Each branch gets the policy's log-probability the cheapest way its own work allows."""
     if config.greedy:
-        return lambda scaled: (scaled.argmax(-1), scaled.new_zeros(scaled.shape[0]))
+        return _greedy
     if config.top_k:
         return _top_k_draw(config.top_k, config.top_p, generator)
     if config.top_p < 1.0:
         return _top_p_draw(config.top_p, generator)
 
-    def full(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def full(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logp = torch.log_softmax(scaled, -1)
         token = draw(logp.exp(), generator)
-        return token, logp.gather(-1, token[:, None]).squeeze(-1)
+        token_logp = logp.gather(-1, token[:, None]).squeeze(-1)
+        return token, token_logp, token_logp
 
     return full
 
 
+def _greedy(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    token = scaled.argmax(-1)
+    return token, torch.zeros_like(scaled[:, 0]), _policy_logp(scaled, token)
+
+
+def _policy_logp(scaled: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+    """The untruncated log-softmax at ``token`` [B], without a [B, V] log-softmax."""
+    return scaled.gather(-1, token[:, None]).squeeze(-1) - scaled.logsumexp(-1)
+
+
 def _drawn(
     weights: torch.Tensor, index: torch.Tensor, generator: torch.Generator | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A token from candidate ``index`` [B, C] with unnormalised ``weights`` [B, C], and its
-    log-probability after renormalising over the candidates."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A token from candidate ``index`` [B, C] with unnormalised ``weights`` [B, C]: the token,
+    its log-probability after renormalising over the candidates, and its log-weight."""
     choice = draw(weights, generator)[:, None]
-    logp = weights.gather(-1, choice).log() - weights.sum(-1, keepdim=True).log()
-    return index.gather(-1, choice).squeeze(-1), logp.squeeze(-1)
+    log_weight = weights.gather(-1, choice).log()
+    logp = log_weight - weights.sum(-1, keepdim=True).log()
+    return index.gather(-1, choice).squeeze(-1), logp.squeeze(-1), log_weight.squeeze(-1)
 
 
-def _top_k_draw(top_k: int, top_p: float, generator: torch.Generator | None) -> _Draw:
-    def top_k_draw(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_k_draw(top_k: int, top_p: float, generator: torch.Generator | None) -> Picker:
+    def top_k_draw(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         values, index = scaled.topk(min(top_k, scaled.shape[-1]))  # sorted, descending
         probs = torch.softmax(values, -1)
         if top_p < 1.0:
             probs = _nucleus(probs, top_p)
-        return _drawn(probs, index, generator)
+        token, logp, _ = _drawn(probs, index, generator)
+        return token, logp, _policy_logp(scaled, token)
 
     return top_k_draw
 
 
-def _top_p_draw(top_p: float, generator: torch.Generator | None) -> _Draw:
-    def top_p_draw(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _top_p_draw(top_p: float, generator: torch.Generator | None) -> Picker:
+    def top_p_draw(scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         values, index = _nucleus_candidates(torch.softmax(scaled, -1), top_p)
+        # the candidates' weights are the full softmax's: a token's log-weight is its policy
+        # log-probability, with no second pass over the vocabulary
         return _drawn(_nucleus(values, top_p), index, generator)
 
     return top_p_draw
