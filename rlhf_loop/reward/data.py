@@ -26,6 +26,7 @@ class RankingExample:
     responses: list[str]
     ranks: list[int]
     prompt_label: str | None = None
+    ranking_id: int | None = None  # the store's, for rankings loaded from it
 
 
 def load_rankings(db: sqlite_utils.Database) -> list[RankingExample]:
@@ -37,14 +38,20 @@ def load_rankings(db: sqlite_utils.Database) -> list[RankingExample]:
             responses=[x["text"] for x in r["responses"]],
             ranks=[x["rank"] for x in r["responses"]],
             prompt_label=r["prompt_label"],
+            ranking_id=r["ranking_id"],
         )
         for r in ranking_records(db)
     ]
 
 
+def _unit_hash(text: str) -> float:
+    """A number in [0, 1) fixed by ``text``: the same on every machine and every run."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def is_held_out(prompt: str, fraction: float) -> bool:
-    digest = hashlib.sha256(prompt.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _unit_hash(prompt) < fraction
 
 
 def split_held_out(
@@ -53,6 +60,15 @@ def split_held_out(
     train = [e for e in examples if not is_held_out(e.prompt, fraction)]
     held_out = [e for e in examples if is_held_out(e.prompt, fraction)]
     return train, held_out
+
+
+def heldout_sample(examples: list[RankingExample], most: int) -> list[RankingExample]:
+    """At most ``most`` of the held-out rankings (0: all), chosen by a hash of their ids, so the
+    sample is the same from one version to the next and a ranking added later joins it only in
+    place of one it outranks: versions are compared on (mostly) the same rankings."""
+    if not most or len(examples) <= most:
+        return examples
+    return sorted(examples, key=lambda e: _unit_hash(f"ranking {e.ranking_id}"))[:most]
 
 
 def exchange_text(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str) -> str:

@@ -1,4 +1,5 @@
-"""The "train_reward" worker job: all live rankings -> a new registered reward-model version."""
+"""The "train_reward" worker job: live rankings -> a new registered reward-model version, trained
+in full or incrementally from the newest one (``reward.incremental``)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ import sqlite_utils
 
 from rlhf_loop.config import Settings
 from rlhf_loop.job_runner import JobContext, JobError
-from rlhf_loop.reward.data import load_rankings, split_held_out
+from rlhf_loop.reward.data import heldout_sample, load_rankings, split_held_out
 from rlhf_loop.reward.gate import ppo_gate
-from rlhf_loop.reward.model import load_backbone, resolve_backbone, save_reward_model
+from rlhf_loop.reward.incremental import model_settings, plan_retrain
+from rlhf_loop.reward.model import (
+    load_backbone,
+    resolve_backbone,
+    resume_backbone,
+    save_reward_model,
+)
 from rlhf_loop.reward.train import RewardTrainConfig, evaluate, train_reward_model
 from rlhf_loop.store import jobs
 from rlhf_loop.store.events import log_event
@@ -60,37 +67,48 @@ def run_train_reward(ctx: JobContext) -> dict[str, Any]:
         if settings.reward_backbone == "policy"
         else resolve_backbone(settings.reward_backbone)
     )
-    ctx.progress(0.0, f"loading backbone for {len(train)} training rankings")
-    model, tokenizer = load_backbone(
-        backbone,
-        settings.device,
-        settings.reward_lora_r,
-        settings.dtype,
-        settings.reward_likelihood_prior,
-    )
+    version = next_version(ctx.db, KIND)
+    plan = plan_retrain(latest_version(ctx.db, KIND), train, settings, backbone, version)
+    ctx.progress(0.0, f"{plan.kind} retrain on {len(plan.rows)} training rankings: {plan.reason}")
+    if plan.start_path is None:
+        model, tokenizer = load_backbone(
+            backbone,
+            settings.device,
+            settings.reward_lora_r,
+            settings.dtype,
+            settings.reward_likelihood_prior,
+        )
+    else:
+        model, tokenizer = resume_backbone(
+            plan.start_path, settings.device, settings.reward_lora_r, settings.dtype
+        )
     config = train_config(settings)
 
     def on_step(step: int, total: int, point: dict[str, float]) -> None:
         ctx.progress(step / total, f"step {step}/{total}, loss {point['loss']:.4f}")
         ctx.metrics(step, point)
 
-    outcome = train_reward_model(model, tokenizer, train, config, on_step)
+    outcome = train_reward_model(model, tokenizer, plan.rows, config, on_step, plan.start_log_nu)
     ctx.progress(1.0, "evaluating on held-out rankings")
-    metrics = evaluate(model, tokenizer, held_out, outcome.log_nu, config) | {
+    scored = heldout_sample(held_out, settings.reward_eval_max_rankings)
+    metrics = evaluate(model, tokenizer, scored, outcome.log_nu, config) | {
+        "heldout_rankings_all": len(held_out),
         "rankings_used": len(examples),
-        "train_rankings": len(train),
+        "train_rankings": len(plan.rows),
         "final_loss": outcome.history[-1]["loss"],
         "log_nu": outcome.log_nu,
+        "retrain": plan.record(),
     }
     metrics["ppo_gate"] = ppo_gate(ctx.db, settings, metrics, len(examples))
     ctx.metrics(outcome.steps, {k: v for k, v in metrics.items() if isinstance(v, float)})
-    version = next_version(ctx.db, KIND)
-    path = save_reward_model(
-        model,
-        tokenizer,
-        {"backbone": backbone, "config": dataclasses.asdict(config), "metrics": metrics},
-        settings.runs_dir / KIND / f"v{version}",
-    )
+    meta = {
+        "backbone": backbone,
+        "config": dataclasses.asdict(config),
+        "metrics": metrics,
+        "model_settings": model_settings(settings, backbone),
+        "rankings_seen": plan.seen,
+    }
+    path = save_reward_model(model, tokenizer, meta, settings.runs_dir / KIND / f"v{version}")
     result = {"version": version, **metrics}
     with ctx.finishing(result):
         register_version(ctx.db, KIND, version, path, backbone, metrics)

@@ -199,15 +199,39 @@ def save_reward_model(
     return write_directory(final_dir, write)
 
 
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """A saved version's metadata (backbone, settings, metrics)."""
+    path = Path(path)
+    if not (path / META_FILE).is_file():
+        raise ModelLoadError(f"reward model files are missing at {path}")
+    return json.loads((path / META_FILE).read_text())
+
+
+def resume_backbone(
+    path: str | Path, device: str = "auto", lora_r: int = 0, dtype: str = "auto"
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """A saved version ready to train further, as ``load_backbone`` prepares a fresh one: its
+    head (and likelihood weight) as trained, fresh LoRA adapters (zero at first: the saved
+    version merged its own) over it when ``lora_r > 0``."""
+    likelihood = read_meta(path).get("form") == FORM
+    model, tokenizer = load_backbone(str(path), device, lora_r, dtype, likelihood)
+    if likelihood:
+        if not isinstance(model, LikelihoodReward):
+            raise ModelLoadError(f"reward model at {path} lost its language-model head")
+        try:
+            model.load_head(Path(path))
+        except _LOAD_ERRORS as exc:
+            raise ModelLoadError(f"cannot load reward model at {path}: {exc}") from exc
+    return model, tokenizer
+
+
 def load_reward_model(
     path: str | Path, device: str = "auto", dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """A saved version in eval mode, with its metadata (tie parameter, metrics); frozen, so the
     backbone runs in ``dtype``, the head in float32 (read in float32, so not rounded)."""
     path = Path(path)
-    if not (path / META_FILE).is_file():
-        raise ModelLoadError(f"reward model files are missing at {path}")
-    meta = json.loads((path / META_FILE).read_text())
+    meta = read_meta(path)
     target = resolve_device(device)
     frozen = resolve_dtype(dtype, target)
     try:

@@ -100,11 +100,14 @@ def train_reward_model(
     train: list[RankingExample],
     config: RewardTrainConfig,
     on_step: StepCallback | None = None,
+    start_log_nu: float | None = None,
 ) -> TrainOutcome:
-    """Optimise the model (and Davidson's ν, if learnt) on ``train``; returns ν and the curve."""
+    """Optimise the model (and Davidson's ν, if learnt, from ``start_log_nu``: a model trained
+    further keeps its own) on ``train``; returns ν and the curve."""
     device = next(model.parameters()).device
     log_nu = (
-        torch.nn.Parameter(torch.zeros((), device=device))  # ν = 1: P(tie | equal) = 1/3
+        # ν = 1 by default: P(tie | equal) = 1/3
+        torch.nn.Parameter(torch.tensor(start_log_nu or 0.0, device=device))
         if config.learn_ties and not config.prompt_aware
         else None
     )
