@@ -233,24 +233,48 @@ def test_restore_waits_for_the_write_lock_then_gives_up_changing_nothing(tmp_pat
     assert list(backups.iterdir()) == []
 
 
-def test_the_copy_itself_gives_up_on_a_held_lock_and_keeps_no_safety_snapshot(
+def test_the_safety_snapshot_is_taken_under_the_copys_write_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The lock can be taken in the instant between the safety snapshot and the copy; Python's
-    backup would retry forever, the restore must stop and leave the live database whole."""
+    """No commit can land between the safety snapshot and the copy: while the snapshot is read,
+    the copy already holds the live write lock (and nothing of it is visible yet)."""
+    db = _populated(tmp_path)
+    path, backups = tmp_path / "rlhf.db", tmp_path / "backups"
+    snap = snapshot_bytes(path)
+    _rank(db, "bob", 3)
+    seen = []
+    real_snapshot_to = backup.snapshot_to
+
+    def checking_snapshot_to(*args, **kwargs):
+        other = sqlite3.connect(path, isolation_level=None, timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("BEGIN IMMEDIATE")
+        seen.append(other.execute("SELECT count(*) FROM rankings").fetchone()[0])
+        other.close()
+        return real_snapshot_to(*args, **kwargs)
+
+    monkeypatch.setattr(backup, "snapshot_to", checking_snapshot_to)
+    report = restore(path, snap, backups)
+    assert seen == [9] and report.before["rankings"] == 9 and db["rankings"].count == 6
+    [event] = db["events"].rows_where("kind = 'database_restored'")
+    assert '"rankings": 9' in event["payload"]  # the counts under the lock, in the restored log
+
+
+def test_a_failed_safety_snapshot_restores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _populated(tmp_path)
     path, backups = tmp_path / "rlhf.db", tmp_path / "backups"
     snap = snapshot_bytes(path)
     annotator_id(open_db(path), "later")
     before = _content(path)
-    blocker = sqlite3.connect(path, isolation_level=None)
-    monkeypatch.setattr(backup, "_write_lock", lambda conn, timeout: contextlib.nullcontext())
-    blocker.execute("BEGIN IMMEDIATE")
-    try:
-        with pytest.raises(RestoreError, match="nothing was changed"):
-            restore(path, snap, backups, busy_timeout_s=0.3)
-    finally:
-        blocker.execute("ROLLBACK")
+
+    def no_space(*args, **kwargs):
+        raise StoreError("cannot write the snapshot: [Errno 28] No space left on device")
+
+    monkeypatch.setattr(backup, "snapshot_to", no_space)
+    with pytest.raises(RestoreError, match=r"no safety snapshot could be saved.*No space"):
+        restore(path, snap, backups)
     assert _content(path) == before
     assert list(backups.iterdir()) == []
 

@@ -10,10 +10,15 @@ WAL connection (they keep the old inode and its -wal/-shm).
 A restore is checked on a private copy of the upload before the live database is touched, and
 it is migrated there too, so the live database never holds an old schema that running code
 cannot read. Before replacing anything it saves the current database as a safety snapshot so
-the operator can undo the restore by restoring that file. The snapshot is taken under the live
-write lock; the lock is released just before the copy takes it again (the backup API takes the
-destination's lock itself and refuses a connection already in a transaction), so a commit that
-wins that sub-millisecond race is overwritten by the restore without being in the snapshot.
+the operator can undo the restore by restoring that file. The snapshot is taken while the copy
+holds the live write lock: the copy runs in two steps, and the destination's write lock, taken
+by the first, is held until the last one commits; between them the snapshot is read (WAL readers
+see the last commit, the copy's pages are not yet visible) and the restore is logged in the
+copy. So every commit acknowledged before the restore is in the safety snapshot, and none can
+land between the snapshot and the copy (a lock released and taken again would leave that gap:
+the backup API takes the destination's lock itself and refuses a connection already in a
+transaction). Writers that waited for the lock write into the restored database; a page's answer
+to an item shown before the restore is refused (``store.submissions.ItemReplaced``).
 
 Python's ``Connection.backup`` retries SQLITE_BUSY forever; every copy here goes through
 ``_copy``, whose progress callback turns a lock held past the busy timeout into an error.
@@ -28,15 +33,23 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
 
-from rlhf_loop.store.db import BUSY_TIMEOUT_S, StoreError, open_db, write_txn
+from rlhf_loop.store.db import (
+    BUSY_TIMEOUT_S,
+    DiskError,
+    StoreError,
+    disk_error,
+    open_db,
+    write_txn,
+)
 from rlhf_loop.store.events import log_event
 from rlhf_loop.store.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from rlhf_loop.store.submissions import RESTORED_EVENT
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # Shown before/after a restore so the operator sees at a glance what it did.
@@ -153,17 +166,32 @@ def _snapshot_from(src: sqlite3.Connection, dest: Path, timeout_s: float) -> Pat
     return dest
 
 
-def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, timeout_s: float) -> None:
-    """Every page in one step; raises _Busy instead of retrying a lock past ``timeout_s``.
+def _copy(
+    src: sqlite3.Connection,
+    dst: sqlite3.Connection,
+    timeout_s: float,
+    under_lock: Callable[[], None] | None = None,
+) -> None:
+    """Copy every page; raises _Busy instead of retrying a lock past ``timeout_s``.
 
-    A single step reads the source under one read snapshot, so commits by other processes never
-    restart it (a copy in several steps starts over after each one and may never finish under a
-    busy writer), and it holds the destination's write lock from the first page to the commit,
-    so other connections see the old database or the whole new one. The destination's busy
-    handler has already waited its timeout when a step reports BUSY (the source's handler
-    likewise for its read lock), so BUSY stops the copy at once.
+    Without ``under_lock``, in one step: it reads the source under one read snapshot, so commits
+    by other processes never restart it (a copy in several steps starts over after each one and
+    may never finish under a busy writer). With it, in two: ``under_lock`` runs after the first,
+    while the destination's write lock is held (the source must then be private to the caller,
+    which may write to it through ``src``: SQLite carries such changes into the copy). Either
+    way the destination's write lock is held from the first page to the commit, so other
+    connections see the old database or the whole new one. The destination's busy handler has
+    already waited its timeout when a step reports BUSY (the source's handler likewise for its
+    read lock), so BUSY stops the copy at once.
     """
     deadline = time.monotonic() + timeout_s
+    pages = -1
+    if under_lock is not None:
+        # All but one page first: the copy cannot be done (committed) after the first step.
+        pages = src.execute("PRAGMA page_count").fetchone()[0] - 1
+        if pages < 1:
+            raise ValueError("a copy in two steps needs a source of two pages or more")
+    pending = [under_lock] if under_lock is not None else []
 
     def progress(status: int, remaining: int, total: int) -> None:
         # BUSY comes only after a busy handler waited its timeout; LOCKED (a lock inside this
@@ -172,8 +200,10 @@ def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, timeout_s: float) ->
             status == sqlite3.SQLITE_LOCKED and time.monotonic() >= deadline
         ):
             raise _Busy
+        if status == sqlite3.SQLITE_OK and pending:
+            pending.pop()()
 
-    src.backup(dst, pages=-1, progress=progress, sleep=0.05)
+    src.backup(dst, pages=pages, progress=progress, sleep=0.05)
 
 
 def _integrity_problems(conn: sqlite3.Connection) -> str:
@@ -270,28 +300,16 @@ def _prepare(data: bytes, work: Path, page_size: int) -> tuple[Path, int]:
         finally:
             upload.conn.close()
     except sqlite3.DatabaseError as exc:
+        disk = disk_error(exc)
         raise RestoreError(
-            f"the uploaded file is damaged and cannot be read as a database ({exc}); "
+            f"{disk}; nothing was restored"
+            if disk
+            else f"the uploaded file is damaged and cannot be read as a database ({exc}); "
             "it was not restored"
         ) from None
+    except DiskError as exc:  # from the migration's write_txn
+        raise RestoreError(f"{exc}; nothing was restored") from None
     return path, version
-
-
-@contextlib.contextmanager
-def _write_lock(conn: sqlite3.Connection, timeout_s: float) -> Iterator[None]:
-    """Hold the live database's write lock so no commit slips in while the safety snapshot is
-    taken; released before the restore, which takes it again at once."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-    except sqlite3.OperationalError:
-        raise RestoreError(
-            f"the database is busy: another process held its write lock for over {timeout_s:g} s; "
-            "nothing was restored, try again"
-        ) from None
-    try:
-        yield
-    finally:
-        conn.execute("ROLLBACK")
 
 
 def _free_name(directory: Path, name: str) -> Path:
@@ -333,6 +351,11 @@ def restore(
                 return _replace(
                     live, live_path, src, upload_version, uploaded, backups_dir, timeout
                 )
+    except OSError as exc:  # the checked copy of the upload is written beside the backups
+        raise RestoreError(
+            f"cannot write the upload to {backups_dir} to check it ({exc.strerror or exc}); "
+            "nothing was restored"
+        ) from None
     finally:
         live.conn.close()
 
@@ -347,48 +370,51 @@ def _replace(
     timeout_s: float,
 ) -> RestoreReport:
     upload_db = sqlite_utils.Database(src)
-    with _write_lock(live.conn, timeout_s):
-        before = _counts(live)
+    safety = _free_name(backups_dir, snapshot_name("before-restore"))
+    after = _counts(upload_db)
+    before: dict[str, int] = {}
+    sha256 = hashlib.sha256(uploaded).hexdigest()
+
+    def save_the_live_database() -> None:
+        """Runs while the copy holds the live write lock, before anything of it is visible."""
         try:
-            safety = snapshot_to(
-                live_path, _free_name(backups_dir, snapshot_name("before-restore")), timeout_s
-            )
+            snapshot_to(live_path, safety, timeout_s)
         except StoreError as exc:
             raise RestoreError(
                 f"no safety snapshot could be saved, so nothing was restored: {exc}"
             ) from None
-        report = RestoreReport(
-            safety_snapshot=safety,
-            before=before,
-            after=_counts(upload_db),
-            upload_schema_version=upload_version,
-            schema_version=SCHEMA_VERSION,
-            upload_bytes=len(uploaded),
-            upload_sha256=hashlib.sha256(uploaded).hexdigest(),
-        )
+        with contextlib.closing(sqlite3.connect(safety)) as saved:
+            before.update(_counts(sqlite_utils.Database(saved)))
         # Logged in the copy, so the restored database carries its own record of the restore.
         with write_txn(upload_db):
             log_event(
                 upload_db,
-                "database_restored",
+                RESTORED_EVENT,
                 safety_snapshot=str(safety),
                 upload_schema_version=upload_version,
-                upload_bytes=report.upload_bytes,
-                upload_sha256=report.upload_sha256,
+                upload_bytes=len(uploaded),
+                upload_sha256=sha256,
                 before=before,
-                after=report.after,
+                after=after,
             )
-    # The lock is free again only for the moment until _copy takes it: a commit landing in that
-    # gap would be overwritten without being in the safety snapshot (see the module docstring).
+
     try:
-        _copy(src, live.conn, timeout_s)
-    except (_Busy, sqlite3.DatabaseError) as exc:
+        _copy(src, live.conn, timeout_s, under_lock=save_the_live_database)
+    except (_Busy, sqlite3.DatabaseError, StoreError) as exc:
         safety.unlink(missing_ok=True)
         why = (
-            f"another process held its write lock for over {timeout_s:g} s"
+            f"the database is busy: another process held its write lock for over {timeout_s:g} s"
             if isinstance(exc, _Busy)
             else str(exc)
         )
         raise RestoreError(f"the restore could not run ({why}); nothing was changed") from None
     migrate(live, write_txn)  # a no-op (the copy was migrated), kept as the documented guarantee
-    return report
+    return RestoreReport(
+        safety_snapshot=safety,
+        before=before,
+        after=after,
+        upload_schema_version=upload_version,
+        schema_version=SCHEMA_VERSION,
+        upload_bytes=len(uploaded),
+        upload_sha256=sha256,
+    )

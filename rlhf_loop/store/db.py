@@ -3,6 +3,12 @@
 Why BEGIN IMMEDIATE: a deferred transaction that reads, then writes, can fail with SQLITE_BUSY
 at the upgrade when another process wrote meanwhile, and the busy timeout does not help there.
 Taking the write lock up front makes concurrent writers (annotators, the worker) simply queue.
+
+A full disk (SQLITE_FULL) or a failing one (SQLITE_IOERR) can strike any statement of a write,
+its COMMIT included. ``write_txn`` then rolls the transaction back, so the connection is never
+left holding the write lock (every later write on it would join a transaction that never
+commits, and report success), and raises ``DiskError``: nothing of that write is stored, and the
+same call succeeds once space is back, on the same connection, without a restart.
 """
 
 from __future__ import annotations
@@ -22,6 +28,27 @@ BUSY_TIMEOUT_S = 30.0
 
 class StoreError(RuntimeError):
     """The database cannot be used as asked; the message says why in plain words."""
+
+
+class DiskError(StoreError):
+    """The disk under the database is full or failing: the write was rolled back whole."""
+
+
+# Primary result codes (the low byte of an extended one) that mean the disk, not the query.
+_DISK_CODES = {sqlite3.SQLITE_FULL: "full", sqlite3.SQLITE_IOERR: "failing"}
+
+
+def disk_error(exc: sqlite3.Error) -> DiskError | None:
+    """The DiskError that ``exc`` stands for, or None when it is about something else: the one
+    place that turns SQLite's "database or disk is full" and "disk I/O error" into words."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    state = _DISK_CODES.get(code & 0xFF) if code is not None else None
+    if state is None:
+        return None
+    return DiskError(
+        f"the server's disk is {state} ({exc}), so nothing was saved; an operator must free "
+        "space or fix the disk; try again in a moment"
+    )
 
 
 def now() -> float:
@@ -65,8 +92,27 @@ def write_txn(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         ) from None
     try:
         yield db
-    except BaseException:
-        if db.conn.in_transaction:
-            db.conn.execute("ROLLBACK")
+        db.conn.execute("COMMIT")
+    except BaseException as exc:
+        if db.conn.in_transaction:  # SQLite may have rolled back itself (a full disk does)
+            with contextlib.suppress(sqlite3.Error):
+                db.conn.execute("ROLLBACK")
+        disk = disk_error(exc) if isinstance(exc, sqlite3.Error) else None
+        if disk is not None:
+            raise disk from None
         raise
-    db.conn.execute("COMMIT")
+
+
+@contextlib.contextmanager
+def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Several reads that see one state of the database, whatever commits meanwhile (WAL keeps
+    the snapshot of a read transaction's first read); inside a transaction, that one's state."""
+    if db.conn.in_transaction:
+        yield db
+        return
+    db.conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if db.conn.in_transaction:
+            db.conn.execute("COMMIT")

@@ -4,6 +4,13 @@
 A ranking row is never edited. Undo marks it retracted and reopens the task; the redo is a new
 row that names the one it supersedes, so the history of every judgement stays readable. Reopening
 an older answer for correction (from the annotator's recent answers) follows the same rule.
+
+A page names the item it shows by its comparison id and the time it was served. After an
+operator restores a snapshot, ids are reused (the worker samples new items into ids the restored
+database never had) and an annotator's id may belong to someone who joined since, so the id
+alone could land a ranking of the item on screen on another item. Its serving time tells: the
+answer is taken when the assignment served then is still there (a snapshot taken after it keeps
+it), and refused with ``ItemReplaced`` when a restore came since.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import sqlite_utils
 
 from rlhf_loop.ranking import RankingError, validate_ranks
 from rlhf_loop.store.db import now, write_txn
-from rlhf_loop.store.events import log_event
+from rlhf_loop.store.events import last_event, log_event
 
 # 'demonstrated': the annotator wrote a better answer without ranking the K responses; the text
 # is in ``demonstrations`` (a written answer with a ranking is stored as 'ranked').
@@ -29,8 +36,18 @@ MAX_COMMENT_CHARS = 2000
 STREAK_BREAK_S = 600.0
 
 
+# Logged by ``store.backup.restore`` inside the restored database (here to spare an import of
+# the backup machinery on every submit).
+RESTORED_EVENT = "database_restored"
+
+
 class DuplicateSubmission(RankingError):
     """This annotator already answered this task; the first answer stands."""
+
+
+class ItemReplaced(RankingError):
+    """The database was restored since the page showed the item: the answer was not stored, and
+    the item on screen may not exist any more or be another one under the same id."""
 
 
 def submit(
@@ -41,28 +58,21 @@ def submit(
     ranks: list[int | None] | None = None,
     reason: str = "",
     comment: str = "",
+    served_at: float | None = None,
 ) -> int:
     """Store one answer and close the task's assignment; returns the ranking id.
 
     A ranking needs a rank for every shown response; a flag may carry a ranking or none
     (the responses may be unrankable); a skip carries none. ``comment`` is the annotator's free
-    note on the item, kept with the answer whatever its status.
+    note on the item, kept with the answer whatever its status. ``served_at`` is the Task's, as
+    the page showed it: given, an answer to an item from before a restore is refused.
     """
     reason = reason.strip()[:MAX_REASON_CHARS]
     comment = comment.strip()[:MAX_COMMENT_CHARS]
     if status == "flagged" and not reason:
         raise RankingError("say why you flag this item")
     with write_txn(db):
-        assignment = next(
-            iter(
-                db["assignments"].rows_where(
-                    "comparison_id = ? AND annotator_id = ?", [comparison_id, annotator]
-                )
-            ),
-            None,
-        )
-        if assignment is None:
-            raise RankingError("this item was not served to you; reload the page for your next one")
+        assignment = served_assignment(db, annotator, comparison_id, served_at)
         k = db["comparisons"].get(comparison_id)["k"]
         stored = _checked_ranks(status, ranks, k)
         submitted_at = now()
@@ -92,6 +102,35 @@ def submit(
         db["assignments"].update(assignment["id"], {"closed_at": submitted_at})
         log_event(db, f"ranking_{status}", annotator, ranking_id=ranking_id)
         return ranking_id
+
+
+def served_assignment(
+    db: sqlite_utils.Database, annotator: int, comparison_id: int, served_at: float | None
+) -> dict:
+    """The assignment an answer closes; raises when the page's item is not this one.
+
+    The serving time is compared only when it differs: an undo in another tab serves the same
+    item again, later, and without a restore since the item is the same one."""
+    assignment = next(
+        iter(
+            db["assignments"].rows_where(
+                "comparison_id = ? AND annotator_id = ?", [comparison_id, annotator]
+            )
+        ),
+        None,
+    )
+    if served_at is not None and (assignment is None or assignment["served_at"] != served_at):
+        restored = last_event(db, RESTORED_EVENT, served_at)
+        if restored is not None:
+            at = dt.datetime.fromtimestamp(restored["at"]).strftime("%H:%M")
+            raise ItemReplaced(
+                f"The database was restored by an operator at {at}, after this item was shown "
+                "to you; it is not there as you saw it, so your answer was NOT saved. Here is "
+                "your next item."
+            )
+    if assignment is None:
+        raise RankingError("this item was not served to you; reload the page for your next one")
+    return assignment
 
 
 def _checked_ranks(status: Status, ranks: list[int | None] | None, k: int) -> list[int] | None:
