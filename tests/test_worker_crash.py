@@ -119,6 +119,33 @@ def test_retrain_killed_mid_training_and_at_a_random_moment_then_finished(
     assert version["version"] == 1 and (Path(version["path"]) / "reward_meta.json").is_file()
 
 
+def test_incremental_retrain_killed_mid_training_and_at_a_random_moment_then_finished(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    """A retrain that starts from v1 leaves v1 the newest version until it registers, once."""
+    db = fresh_db(tmp_path)
+    oracle_rankings(db, 60)
+    env = _env(tmp_path, demo_model_path, reward_replay_rankings=10)
+    jobs.enqueue(db, "train_reward")
+    subprocess.run(WORKER, env=env, cwd=REPO, timeout=300, check=True)  # reward model v1
+    oracle_rankings(db, 30, seed=1)
+    job_id = jobs.enqueue(db, "train_reward", {"reason": "test"})
+
+    def mid_training() -> bool:
+        return len(jobs.job_metrics(db, job_id)) >= 6
+
+    def v1_newest() -> None:
+        assert latest_version(db, "reward")["version"] == 1
+
+    row = _killed_twice_then_finished(db, env, job_id, mid_training, 12.0, v1_newest)
+    assert row["attempts"] >= 2
+    versions = list_versions(db, "reward")
+    assert [v["version"] for v in versions] == [2, 1]  # registered once
+    assert versions[0]["metrics"]["retrain"]["kind"] == "incremental"
+    assert versions[0]["metrics"]["retrain"]["started_from"] == 1
+    assert not list((tmp_path / "runs" / "reward").glob(".v*"))  # no half-written leftovers
+
+
 def test_ppo_round_killed_mid_training_and_at_a_random_moment_keeps_the_live_policy(
     tmp_path: Path, demo_model_path: Path
 ) -> None:
