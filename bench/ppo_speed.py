@@ -20,15 +20,17 @@ over minibatches of 16 sequences):
   minibatches, ``beta`` = our KL coefficient (so it runs the reference pass too). One "step"
   here is one generation batch = ``steps_per_generation * num_iterations`` optimizer steps.
 
-Each arm runs in its own child process (OMP_WAIT_POLICY=PASSIVE, torch's default thread count)
-so its peak RSS is its own. A step is timed from the end of the previous one (TRL: a callback's
-``on_step_end``); the first step is a warm-up and left out of the median. Peak RSS delta = peak
+Each arm runs in its own child process (OMP_WAIT_POLICY=PASSIVE, torch's default thread count
+or ``--threads``: on a shared machine where another process holds a core, one thread per arm
+spares every arm the stalls of waiting on a descheduled thread) so its peak RSS is its own.
+A step is timed from the end of the previous one (TRL: a callback's ``on_step_end``); the first
+step is a warm-up and left out of the median. Peak RSS delta = peak
 RSS during training (all steps, warm-up included) minus RSS just before it (models loaded).
 Rollout tokens/s = response tokens (up to and including the end token) / time in the sampler.
 
-    python bench/ppo_speed.py [--steps 10] [--prompts 16] [--samples 2] [--max-new-tokens 32]
-                              [--repeats 3] [--arms ours trl_ppo grpo] [--profile]
-                              [--quiet-wait 10]
+    nice -n 10 python bench/ppo_speed.py [--steps 10] [--prompts 16] [--samples 2]
+        [--max-new-tokens 32] [--repeats 3] [--arms ours trl_ppo grpo] [--profile]
+        [--quiet-wait 10] [--threads N]
 
 Writes bench/out/ppo_speed.json (and bench/out/ppo_speed_profile.txt with --profile).
 """
@@ -626,6 +628,8 @@ def run_child(arm: str, python: str, config_path: Path, args: argparse.Namespace
         "TOKENIZERS_PARALLELISM": "false",
         "PYTHONWARNINGS": "ignore",
     }
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
     waited = probes.wait_for_quiet(args.quiet_wait, threshold=0.15)
     started = time.perf_counter()
     done = subprocess.run(
@@ -814,6 +818,9 @@ def main() -> None:
         default=10.0,
         help="before each child, wait up to this many seconds for the machine to be 85%% idle",
     )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per arm (default: torch's own)"
+    )
     parser.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -860,6 +867,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "settings": settings | {"prompt_pool": len(cfg["prompts_raw"]), "repeats": args.repeats},
         "cpu_count": os.cpu_count(),
+        "threads_per_arm": args.threads or "torch default",
+        "niceness": os.nice(0),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg(),
         "total_wall_s": time.perf_counter() - started,

@@ -20,7 +20,7 @@ growth during a batch (VmHWM reset before each, after handing freed heap back). 
 after is recorded.
 
     nice -n 10 python bench/rollout_speed.py [--device cpu|cuda] [--prompts 16 8]
-        [--samples 4] [--max-new-tokens 48 64] [--repeats 5] [--lora-r 8]
+        [--samples 4] [--max-new-tokens 48 64] [--repeats 5] [--lora-r 8] [--threads N]
 
 Writes bench/out/rollout_speed.json.
 """
@@ -235,7 +235,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[48, 64])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--lora-r", type=int, default=8, help="the policy's adapter rank")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (both arms)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     started = time.perf_counter()
     settings = Settings()
