@@ -7,6 +7,7 @@ left-padded batch whose response logits sit at ``[P - 1 : P - 1 + T]`` for every
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -45,7 +46,7 @@ class Rollout:
         """The rows where ``keep`` is true (e.g. those the reward model could score)."""
         rows = keep.nonzero().squeeze(-1).tolist()
 
-        def kept(value):
+        def kept(value: Any) -> Any:
             if isinstance(value, list):
                 return [value[i] for i in rows]
             return value[rows] if isinstance(value, torch.Tensor) else value
