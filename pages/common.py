@@ -82,9 +82,12 @@ def settle_heap() -> None:
 
 
 def start_worker_if_needed() -> None:
+    """Called on every run of every page: the app's liveness check of the worker. A database
+    that cannot take the lease now (a full disk) is tried again on the next run."""
     config = settings()
     if config.auto_start_worker:
-        ensure_worker(database(), config)
+        with contextlib.suppress(StoreError):
+            ensure_worker(database(), config)
 
 
 def worker_status() -> dict | None:

@@ -37,6 +37,7 @@ from rlhf_loop.store.submissions import (
     MAX_COMMENT_CHARS,
     STREAK_BREAK_S,
     DuplicateSubmission,
+    ItemReplaced,
     Reopened,
     Status,
     progress,
@@ -154,8 +155,9 @@ def wait_for_items() -> None:
     show_worker_state()
 
 
-def on_rank(comparison_id: int, k: int) -> None:
-    """Submit callback, bound to the item that was on screen: a stale tab cannot rank another."""
+def on_rank(comparison_id: int, k: int, served_at: float) -> None:
+    """Submit callback, bound to the item that was on screen (its id and serving time): a stale
+    tab cannot rank another, nor a page shown before a restore an item that took its id."""
     typed = st.session_state.get(f"typed-{comparison_id}", "")
     picks = [st.session_state.get(f"pick-{comparison_id}-{i}") for i in range(k)]
     comment = st.session_state.get(f"comment-{comparison_id}", "")
@@ -165,26 +167,73 @@ def on_rank(comparison_id: int, k: int) -> None:
         st.session_state["refused"] = (comparison_id, str(exc))
         return
     answer(
-        comparison_id, "ranked", f"Saved {describe_ranking(ranks)}", ranks=ranks, comment=comment
+        comparison_id,
+        served_at,
+        "ranked",
+        f"Saved {describe_ranking(ranks)}",
+        ranks=ranks,
+        comment=comment,
     )
 
 
-def answer(comparison_id: int, status: Status, done: str, **details: object) -> None:
+def answer(
+    comparison_id: int, served_at: float, status: Status, done: str, **details: object
+) -> None:
     """Store the answer; a refused one says why and keeps the item on screen."""
     try:
-        submit(db, annotator, comparison_id, status, **details)
+        submit(db, annotator, comparison_id, status, served_at=served_at, **details)
     except DuplicateSubmission as exc:
         flash("warning", str(exc))
+    except ItemReplaced as exc:
+        forget_item(comparison_id)
+        flash("warning", str(exc))
     except (RankingError, StoreError) as exc:
-        st.session_state["refused"] = (comparison_id, str(exc))
+        st.session_state["refused"] = (comparison_id, refusal(exc))
     else:
         flash("success", done)
 
 
-def on_flag(comparison_id: int) -> None:
+def refusal(exc: RankingError | StoreError) -> str:
+    """What a refused answer says at its box. A store failure (a full disk, a busy database)
+    is no fault of the answer, which is kept in the boxes to be sent again as it is."""
+    if isinstance(exc, RankingError):
+        return str(exc)
+    said = str(exc)
+    return f"{said[:1].upper()}{said[1:]}. What you entered is kept on this page: submit it again."
+
+
+# The boxes of one item, named "<box>-<comparison id>" (the picks "pick-<id>-<i>").
+ITEM_BOXES = [
+    "typed",
+    "comment",
+    "flag-reason",
+    "flag-detail",
+    "demo-start",
+    "demo-text",
+    "demo-ranks",
+    "writing",
+]
+
+
+def forget_item(cid: int) -> None:
+    """Empty an item's boxes once it is gone (restored away): the id may come back as another
+    item, which must not open with a ranking typed for this one."""
+    boxes = {f"{box}-{cid}" for box in ITEM_BOXES}
+    for key in list(st.session_state):
+        if key in boxes or key.startswith(f"pick-{cid}-"):
+            del st.session_state[key]
+
+
+def on_flag(comparison_id: int, served_at: float) -> None:
     reason = st.session_state.get(f"flag-reason-{comparison_id}") or FLAG_REASONS[-1]
     detail = st.session_state.get(f"flag-detail-{comparison_id}", "").strip()
-    answer(comparison_id, "flagged", "Flagged; thank you", reason=f"{reason}. {detail}".strip())
+    answer(
+        comparison_id,
+        served_at,
+        "flagged",
+        "Flagged; thank you",
+        reason=f"{reason}. {detail}".strip(),
+    )
 
 
 def on_undo() -> None:
@@ -255,7 +304,7 @@ def prefill(cid: int, texts: list[str]) -> None:
     st.session_state[f"demo-text-{cid}"] = "" if start is None else texts[start]
 
 
-def on_write(cid: int, generation_ids: list[int]) -> None:
+def on_write(cid: int, generation_ids: list[int], served_at: float) -> None:
     """Submit callback of the editor, bound to the item on screen like the ranking's."""
     start = st.session_state.get(f"demo-start-{cid}")
     typed = st.session_state.get(f"demo-ranks-{cid}", "")
@@ -270,11 +319,15 @@ def on_write(cid: int, generation_ids: list[int]) -> None:
             counts_as_ranking=config.demonstrations_count_as_rankings,
             started_from=None if start is None else generation_ids[start],
             ranks=ranks,
+            served_at=served_at,
         )
     except DuplicateSubmission as exc:
         flash("warning", str(exc))
+    except ItemReplaced as exc:
+        forget_item(cid)
+        flash("warning", str(exc))
     except (RankingError, StoreError) as exc:
-        st.session_state["refused-writing"] = (cid, str(exc))
+        st.session_state["refused-writing"] = (cid, refusal(exc))
     else:
         counted = " as a ranking above every response" * config.demonstrations_count_as_rankings
         given = f"; your order of the responses: {describe_ranking(ranks)}" if ranks else ""
@@ -319,7 +372,7 @@ def editor(task: Task) -> None:
             type="primary",
             icon=":material/send:",
             on_click=on_write,
-            args=(cid, [r.generation_id for r in task.responses]),
+            args=(cid, [r.generation_id for r in task.responses], task.served_at),
         )
     st.button("Close the editor", key=f"demo-close-{cid}", on_click=close_editor, args=(cid,))
 
@@ -353,7 +406,11 @@ def rank_form(task: Task) -> None:
                 with col:
                     response_cell(cid, i, labels[i], task)
         st.form_submit_button(
-            "Submit", type="primary", icon=":material/send:", on_click=on_rank, args=(cid, task.k)
+            "Submit",
+            type="primary",
+            icon=":material/send:",
+            on_click=on_rank,
+            args=(cid, task.k, task.served_at),
         )
 
 
@@ -379,7 +436,7 @@ def actions(task: Task) -> None:
         icon=":material/skip_next:",
         shortcut="Alt+S",
         on_click=answer,
-        args=(cid, "skipped", "Skipped"),
+        args=(cid, task.served_at, "skipped", "Skipped"),
     )
     undo_col.button(
         "Undo last submission", icon=":material/undo:", shortcut="Alt+Z", on_click=on_undo
@@ -390,7 +447,7 @@ def actions(task: Task) -> None:
     with popover, st.form(f"flag-{cid}"):
         st.selectbox("Why", FLAG_REASONS, key=f"flag-reason-{cid}")
         st.text_input("Details (optional)", max_chars=500, key=f"flag-detail-{cid}")
-        st.form_submit_button("Flag this item", on_click=on_flag, args=(cid,))
+        st.form_submit_button("Flag this item", on_click=on_flag, args=(cid, task.served_at))
     write_col.button(
         "Write a better answer",
         icon=":material/edit_note:",

@@ -10,10 +10,18 @@ once, during a job at its next progress report, putting the job back in the queu
 safe to abandon: nothing half-written is registered) and releasing the lease. Stopping there
 rather than finishing the job keeps a PPO round from running on for minutes with no app to see
 it; the next worker runs the job afresh. A worker started by hand has no parent to watch.
+
+A full disk does not stop it: a pass that cannot write (``DiskError``, or its log file out of
+space) is given up whole, its transactions rolled back, and tried again after a pause, by the
+same process, which keeps its lease (the heartbeat thread likewise skips the beats it cannot
+write). Were it to exit instead, the app would start another only once the lease went stale, and
+a new worker spends its first seconds loading the model.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import random
@@ -26,13 +34,14 @@ from dataclasses import dataclass, field
 from rlhf_loop import parent_watch
 from rlhf_loop.config import Settings
 from rlhf_loop.store import jobs, leases
-from rlhf_loop.store.db import open_db
+from rlhf_loop.store.db import DiskError, StoreError, open_db, write_txn
 from rlhf_loop.store.events import log_event
 
 LEASE = "worker"
 FAILED_EVENT = "worker_failed"
 TOKEN_ENV = "RLHF_LOOP_WORKER_TOKEN"
 IDLE_POLL_S = 0.5
+DISK_FULL_PAUSE_S = 1.0  # between attempts while the disk is full
 
 
 class AppExited(BaseException):
@@ -70,11 +79,14 @@ class Heartbeat:
         while not self.stopped.wait(interval):
             if self.parent is not None and not parent_watch.is_running(self.parent):
                 self.orphaned.set()
-            if not leases.heartbeat(db, LEASE, self.holder, self.status, self.progress):
-                self.lost.set()
-                return
-            if self.job_id is not None:
-                jobs.beat(db, self.job_id, self.holder, self.progress, self.status)
+            try:
+                if not leases.heartbeat(db, LEASE, self.holder, self.status, self.progress):
+                    self.lost.set()
+                    return
+                if self.job_id is not None:
+                    jobs.beat(db, self.job_id, self.holder, self.progress, self.status)
+            except StoreError:  # a full disk, or the lock held long: the next beat tries again
+                continue
 
 
 def new_holder() -> str:
@@ -95,12 +107,15 @@ def run_worker(settings: Settings, idle_exit_s: float | None = None) -> int:
     except AppExited as stop:
         print(f"{stop}; exiting", flush=True)
     except Exception as exc:
-        log_event(db, FAILED_EVENT, error=f"{type(exc).__name__}: {exc}")
+        # Not written on a full disk: the error itself still goes to the log.
+        with contextlib.suppress(StoreError), write_txn(db):
+            log_event(db, FAILED_EVENT, error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         beat.stopped.set()
         if not beat.lost.is_set():
-            leases.release(db, LEASE, holder)
+            with contextlib.suppress(StoreError):  # else the lease goes stale, as on a kill
+                leases.release(db, LEASE, holder)
     return 0
 
 
@@ -129,13 +144,21 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     idle_since = time.monotonic()
     while not beat.lost.is_set():
         beat.stop_if_orphaned()
-        verdicts.refresh(db, beat)
-        if _run_one_job(db, settings, beat, path) or _top_up_queue(
-            db, settings, beat, policy, params
-        ):
-            if selector:
+        try:
+            verdicts.refresh(db, beat)
+            worked = _run_one_job(db, settings, beat, path) or _top_up_queue(
+                db, settings, beat, policy, params
+            )
+            if worked and selector:
                 beat.report("ordering the queue by reward-model uncertainty")
                 selector.refresh(db)
+        except (DiskError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            beat.report(f"waiting for disk space, nothing is lost: {exc}")
+            time.sleep(DISK_FULL_PAUSE_S)
+            continue
+        if worked:
             idle_since = time.monotonic()
             continue
         if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
@@ -258,10 +281,11 @@ def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bo
 
 def _note_once(db, kind: str, versions: list[int], error: str) -> None:
     """One event per pair of versions, not one per batch the worker samples."""
-    if not db["events"].count_where(
-        "kind = ? AND json_extract(payload, '$.versions') = json(?)", [kind, str(versions)]
-    ):
-        log_event(db, kind, versions=versions, error=error)
+    with write_txn(db):
+        if not db["events"].count_where(
+            "kind = ? AND json_extract(payload, '$.versions') = json(?)", [kind, str(versions)]
+        ):
+            log_event(db, kind, versions=versions, error=error)
 
 
 def _blind_pair(db, settings: Settings, batch: int) -> tuple[tuple[dict, dict], int] | None:

@@ -6,12 +6,11 @@ temporary directory is gone."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from disk_helpers import mount, small_disk
 from fault_checks import assert_sound, ranking_rows
 from job_helpers import job_context
 from store_helpers import fresh_db, oracle_rankings
@@ -20,22 +19,11 @@ from rlhf_loop.job_runner import run_job
 from rlhf_loop.store.versions import latest_version, live_policy
 
 
-def _mount(*args: str) -> bool:
-    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def runs_disk(tmp_path: Path) -> Iterator[Path]:
     """runs/ on its own small filesystem, so that it alone can be made read-only."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
-    if not _mount("-t", "tmpfs", "-o", "size=512m", "tmpfs", str(runs)):
-        why = "mounting a tmpfs needs root with CAP_SYS_ADMIN"
-        if os.environ.get("CI"):  # CI has it: there a failed mount is a broken job, not a skip
-            pytest.fail(f"{why}, and CI must run this test")
-        pytest.skip(why)
-    yield runs
-    subprocess.run(["umount", "-l", str(runs)], check=False)
+    with small_disk(tmp_path / "runs", "512m") as runs:
+        yield runs
 
 
 @pytest.mark.parametrize("kind", ["train_reward", "ppo_round"])
@@ -56,7 +44,7 @@ def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
     def read_only_before_metadata(self: Path, *args, **kwargs):
         # The metadata is each save's last file: the weights are on disk by now.
         if self.parent.name.startswith(".v") and runs_disk in self.parents:
-            assert _mount("-o", "remount,ro", str(runs_disk))
+            assert mount("-o", "remount,ro", str(runs_disk))
         return real_write_text(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", read_only_before_metadata)
@@ -73,7 +61,7 @@ def test_read_only_mid_save_fails_cleanly_and_the_retry_succeeds(
     assert any(leftover.iterdir())
     assert_sound(db, rankings, "demo")
 
-    assert _mount("-o", "remount,rw", str(runs_disk))
+    assert mount("-o", "remount,rw", str(runs_disk))
     retry = job_context(db, tmp_path, demo_model_path, kind)
     assert run_job(retry), db["jobs"].get(retry.job.id)["error"]
     assert (

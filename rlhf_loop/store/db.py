@@ -5,10 +5,11 @@ at the upgrade when another process wrote meanwhile, and the busy timeout does n
 Taking the write lock up front makes concurrent writers (annotators, the worker) simply queue.
 
 A full disk (SQLITE_FULL) or a failing one (SQLITE_IOERR) can strike any statement of a write,
-its COMMIT included. ``write_txn`` then rolls the transaction back, so the connection is never
-left holding the write lock (every later write on it would join a transaction that never
-commits, and report success), and raises ``DiskError``: nothing of that write is stored, and the
-same call succeeds once space is back, on the same connection, without a restart.
+its COMMIT included (in WAL mode, mostly there). SQLite may or may not roll the transaction back
+itself; ``write_txn`` makes sure it is, so the connection is never left holding the write lock
+(every later write on it would join a transaction that never commits, and report success), and
+raises ``DiskError``: nothing of that write is stored, and the same call succeeds once space is
+back, on the same connection, without a restart.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def disk_error(exc: sqlite3.Error) -> DiskError | None:
     if state is None:
         return None
     return DiskError(
-        f"the server's disk is {state} ({exc}), so nothing was saved; an operator must free "
-        "space or fix the disk; try again in a moment"
+        f"the server's disk is {state} ({exc}): nothing was saved; an operator must free space "
+        "on it (or fix it), then try again"
     )
 
 

@@ -159,10 +159,11 @@ def record_metrics(
     db: sqlite_utils.Database, job_id: int, step: int, metrics: dict[str, float]
 ) -> None:
     at = now()
-    db["job_metrics"].insert_all(
-        {"job_id": job_id, "step": step, "name": k, "value": float(v), "at": at}
-        for k, v in metrics.items()
-    )
+    with write_txn(db):  # a full disk is a DiskError, and never a half-written step
+        db["job_metrics"].insert_all(
+            {"job_id": job_id, "step": step, "name": k, "value": float(v), "at": at}
+            for k, v in metrics.items()
+        )
 
 
 def finish(db: sqlite_utils.Database, job_id: int, result: dict[str, Any]) -> None:
