@@ -5,12 +5,17 @@ database, or refused with ``DiskError`` and not stored at all; integrity_check p
 disk is full and after; a snapshot cannot be written there and leaves nothing behind; and once
 the ballast is deleted the same connections write again, without a restart.
 
+The Rank page turns the refusal into words, keeps the ranking typed, and saves it once there is
+space again.
+
 Figures (refusals, recovery time, WAL size) are printed: ``pytest tests/test_full_disk.py -s``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from app_helpers import rank_page
 from disk_helpers import fill_up, small_disk
-from store_helpers import make_comparisons
+from store_helpers import add_texts, make_comparisons
+from worker_helpers import REPO, wait_for, worker_env
 
 from rlhf_loop.store import jobs, leases
 from rlhf_loop.store.annotators import annotator_id
@@ -225,3 +232,79 @@ def test_a_full_disk_refuses_answers_clearly_loses_none_and_recovers_by_itself(
         f"WAL {wal_full / 1024:.0f} KiB when full; integrity ok; every writer wrote again "
         f"{recovery * 1000:.0f} ms after the ballast went"
     )
+
+
+def test_the_rank_page_says_the_disk_is_full_keeps_the_ranking_and_saves_it_later(
+    data_dir: Path, disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RLHF_LOOP_DATA_DIR", str(disk))
+    db = open_db(disk / "rlhf.db")
+    make_comparisons(db, 2)
+    at = rank_page()
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the submit's frames need new space
+    ballast = fill_up(disk / "ballast")
+    at.text_input(key="typed-1").input("1 2 2 3")
+    at.button[0].click().run()
+    said = at.error[0].value
+    assert "The server's disk is full" in said and "nothing was saved" in said
+    assert "kept on this page: submit it again" in said
+    assert at.text_input(key="typed-1").value == "1 2 2 3"  # what the annotator typed stays
+    assert db["rankings"].count == 0
+
+    ballast.unlink()  # space is back: the same session, nothing restarted
+    at.button[0].click().run()
+    assert "Saved A > B = C > D" in at.success[0].value
+    assert json.loads(db["rankings"].get(1)["ranks"]) == [1, 2, 2, 3]
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_worker_waits_out_a_full_disk_and_samples_again_in_the_same_process(
+    disk: Path, demo_model_path: Path
+) -> None:
+    """The real worker process, its database and its log on the disk that fills up while it
+    samples: it neither dies nor loses its lease for good, and fills the queue again, as the
+    same process, once the ballast is gone."""
+    db = open_db(disk / "rlhf.db")
+    add_texts(db, [f"What is {i} + {i}?" for i in range(200)])
+    env = worker_env(
+        disk,
+        demo_model_path,
+        k=2,
+        max_new_tokens=4,
+        queue_depth=400,
+        sample_batch_prompts=2,
+        lease_timeout_s=2.0,
+    )
+    with open(disk / "worker.log", "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "rlhf_loop", "worker"],
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: db["comparisons"].count >= 4, 120, "the worker to sample")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        ballast = fill_up(disk / "ballast")
+        full_since = time.monotonic()
+        items_when_full = db["comparisons"].count
+        # Longer than the lease timeout: its heartbeats and its batches are all refused.
+        wait_for(lambda: time.monotonic() - full_since > 3.0, 10, "the full disk to last")
+        assert worker.poll() is None, "the worker died on the full disk"
+        assert db["comparisons"].count == items_when_full
+        assert leases.live_holder(db, "worker", 2.0) is None  # its lease went stale meanwhile
+
+        ballast.unlink()
+        space_back = time.monotonic()
+        wait_for(lambda: db["comparisons"].count > items_when_full, 60, "sampling to resume")
+        resumed_s = time.monotonic() - space_back
+        wait_for(lambda: leases.live_holder(db, "worker", 2.0) is not None, 10, "a heartbeat")
+        assert leases.live_holder(db, "worker", 2.0)["pid"] == worker.pid  # the same process
+        assert worker.poll() is None
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert "Traceback" not in (disk / "worker.log").read_text()
+    print(f"\nworker: sampling resumed {resumed_s:.1f} s after the ballast went, same pid")

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from app_helpers import APP, operator_page
+from app_helpers import operator_page, rank_page
 from store_helpers import add_texts, fresh_db, make_comparisons
 from streamlit.testing.v1 import AppTest
 
@@ -16,13 +16,6 @@ from rlhf_loop.store.generations import Sample, add_comparisons, live_policy_ver
 from rlhf_loop.store.versions import register_version
 
 SCRIPT = "<script>alert('x')</script>"
-
-
-def rank_page(annotator: str | None = "ada") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=30)
-    if annotator:
-        at.query_params["annotator"] = annotator
-    return at.run()
 
 
 def shown_texts(at: AppTest) -> list[str]:
