@@ -8,11 +8,11 @@ import altair as alt
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings
-from rlhf_loop.agreement import pairwise_tau
 from rlhf_loop.ranking import response_labels
+from rlhf_loop.store.agreement_cache import training_agreement
 from rlhf_loop.store.annotator_table import TABLE_COLUMNS, annotator_table
 from rlhf_loop.store.flags import ReviewError, flag_counts, open_flags, review_flag
-from rlhf_loop.store.quality import judgements, overall
+from rlhf_loop.store.quality import overall
 from rlhf_loop.store.simulated import ranking_counts, simulated_annotators
 
 enter_through_app()
@@ -86,7 +86,7 @@ if table.without_answers:
     st.caption("Signed up, no answer yet (not in the table):")
     st.text(", ".join(table.without_answers))
 
-pairs = pairwise_tau(judgements(db, gold=False)).rows()
+pairs = training_agreement(db).pairwise.rows()
 time_col, pair_col = st.columns(2)
 with time_col:
     st.caption("Seconds per item (median)")

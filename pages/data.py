@@ -1,13 +1,14 @@
 """Data page: import prompts, gold items and demonstrations, see what the database holds, export
 rankings and demonstrations, browse and retire prompts."""
 
+import io
 from collections.abc import Callable
 
 import streamlit as st
 
 from pages.common import database, enter_through_app, require_operator, settings
 from rlhf_loop.demonstration_import import parse_demonstration_file
-from rlhf_loop.export import ExportShape, export_jsonl
+from rlhf_loop.export import ExportShape, download_file, export_jsonl
 from rlhf_loop.export_sft import export_sft_jsonl
 from rlhf_loop.gold_import import parse_gold_file
 from rlhf_loop.plain_text import markdown_escaped
@@ -105,9 +106,9 @@ import_form("demonstrations", "Demonstration file", ["jsonl"], store_demonstrati
 show_counts()
 
 
-def _export(shape: ExportShape) -> str:
+def _export(shape: ExportShape) -> io.RawIOBase:
     """Runs in Streamlit's download thread, so it opens its own connection."""
-    return export_jsonl(open_db(config.resolved_db_path), shape)
+    return download_file(lambda out: export_jsonl(open_db(config.resolved_db_path), shape, out))
 
 
 st.subheader("Export rankings")
@@ -140,7 +141,7 @@ pairs_col.caption(
 st.subheader("Export demonstrations")
 st.download_button(
     "Demonstrations for TRL's SFT (JSONL)",
-    data=lambda: export_sft_jsonl(open_db(config.resolved_db_path)),
+    data=lambda: download_file(lambda out: export_sft_jsonl(open_db(config.resolved_db_path), out)),
     file_name="demonstrations.jsonl",
     mime="application/jsonl",
     icon=":material/download:",

@@ -1,9 +1,11 @@
 """Inter-annotator agreement over rankings with ties: pure functions over plain data.
 
 A judgement is ``(comparison_id, annotator, ranks)`` with dense ranks per shown response
-(1 = best, equal numbers = a tie), as ``rlhf_loop.ranking`` stores them. The statistics come from
-maintained libraries rather than hand-written formulas: Kendall's tau-b (which corrects for ties)
-from ``scipy.stats.kendalltau`` and Krippendorff's alpha for ordinal data from ``krippendorff``.
+(1 = best, equal numbers = a tie), as ``rlhf_loop.ranking`` stores them. Kendall's tau-b (which
+corrects for ties) comes from ``scipy.stats.kendalltau``. Krippendorff's alpha for ordinal data is
+the ``krippendorff`` package's formula applied to a coincidence matrix summed here item by item
+(a test holds the two equal): every figure is a sum over items (``AgreementTally``), so the
+Dashboard adds the items that changed instead of going over 10^6 rankings on every render.
 
 These numbers are shown to an operator to spot careless or confused annotators; nothing here
 bans or down-weights anyone automatically. Few shared items make every figure noisy, so each
@@ -34,13 +36,14 @@ Design choices, in one place:
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, NamedTuple
 
-import krippendorff
 import numpy as np
 from scipy.stats import kendalltau, rankdata
 
@@ -54,9 +57,6 @@ class Judgement(NamedTuple):
 
 
 JudgementLike = tuple[int, str, Sequence[int]]
-# comparison id -> annotator -> mid-ranks (ties share the mean of their places), items with K >= 2.
-# Mid-ranks are half-integers, exact in floating point, so sums of them keep ties exact.
-_Items = dict[int, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -143,19 +143,219 @@ def _mean(values: Iterable[float | None]) -> tuple[int, float | None]:
     return len(defined), (sum(defined) / len(defined) if defined else None)
 
 
-def _by_item(judgements: Iterable[JudgementLike]) -> _Items:
+class Item(NamedTuple):
+    """One item's judgements: the annotators in name order and each one's dense ranks (of the
+    same K responses). Hashable, so equal items are counted together."""
+
+    names: tuple[str, ...]
+    ranks: tuple[tuple[int, ...], ...]
+
+
+def items_of(judgements: Iterable[JudgementLike]) -> dict[int, Item]:
     """Group by comparison, checking what a database index guarantees for live rankings."""
-    items: _Items = defaultdict(dict)
+    grouped: dict[int, dict[str, tuple[int, ...]]] = defaultdict(dict)
     for comparison_id, annotator, ranks in judgements:
-        if len(ranks) < 2:
-            continue
-        item = items[comparison_id]
+        item = grouped[comparison_id]
         if annotator in item:
             raise ValueError(f"{annotator!r} judged comparison {comparison_id} twice")
         if item and len(next(iter(item.values()))) != len(ranks):
             raise ValueError(f"comparison {comparison_id} has rankings of different lengths")
-        item[annotator] = mid_ranks(ranks)
-    return dict(items)
+        item[annotator] = tuple(ranks)
+    return {c: item_from(item) for c, item in grouped.items()}
+
+
+def item_from(ranks_by_annotator: dict[str, tuple[int, ...]]) -> Item:
+    """The item of these judgements (at least one)."""
+    names, ranks = zip(*sorted(ranks_by_annotator.items()), strict=True)
+    return Item(names, ranks)
+
+
+@dataclass(frozen=True)
+class _Contribution:
+    """What one item adds to the figures, by position of its judgements in the item."""
+
+    consensus: tuple[float | None, ...]  # each judgement's tau-b vs the others' consensus
+    pairs: tuple[tuple[int, int, float | None], ...]  # (i, j, tau-b) for i < j
+    # ((coders on the unit, value, other value), ordered pairs of coders with those values)
+    coincidences: tuple[tuple[tuple[int, float, float], int], ...]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tau(x: tuple[float, ...], y: tuple[float, ...]) -> float | None:
+    """``tau_b`` with NaN as None, memoised: items repeat a few thousand pairs of rankings, and
+    one scipy call costs a third of a millisecond."""
+    tau = tau_b(x, y)
+    return None if tau is None or math.isnan(tau) else tau
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _contribution(pattern: tuple[tuple[int, ...], ...]) -> _Contribution:
+    """An item's contribution, from its rankings alone (names only say where it goes).
+
+    Memoised: with K = 4 there are 75 rankings with ties, so two annotators' items repeat a few
+    thousand patterns whatever the number of items.
+    """
+    mids = [mid_ranks(r) for r in pattern]
+    others = [np.sum([r for j, r in enumerate(mids) if j != i], axis=0) for i in range(len(mids))]
+    consensus = tuple(
+        _tau(tuple(ranks.tolist()), tuple(rest.tolist()))
+        for ranks, rest in zip(mids, others, strict=True)
+    )
+    pairs = tuple(
+        (i, j, _tau(tuple(mids[i].tolist()), tuple(mids[j].tolist())))
+        for i in range(len(mids))
+        for j in range(i + 1, len(mids))
+    )
+    m = len(pattern)
+    scores = [position_scores(r) for r in pattern]
+    counts: dict[tuple[int, float, float], int] = defaultdict(int)
+    for unit in range(len(pattern[0])):
+        for i in range(m):
+            for j in range(m):
+                if i != j:
+                    counts[(m, float(scores[i][unit]), float(scores[j][unit]))] += 1
+    return _Contribution(consensus, pairs, tuple(counts.items()))
+
+
+def _bump(counter: dict, key: Any, by: int) -> None:
+    """Add ``by`` to ``counter[key]``, dropping keys that reach 0 (so equal tallies hold equal
+    keys however they were reached)."""
+    if not by:
+        return
+    value = counter.get(key, 0) + by
+    if value:
+        counter[key] = value
+    else:
+        del counter[key]
+
+
+def _exact_mean(taus: dict[float | None, int]) -> tuple[int, float | None]:
+    """Number of defined taus and their mean, the sum taken exactly: the same float whatever
+    order the items came in, so a tally kept up to date equals one built from scratch."""
+    defined = {t: n for t, n in taus.items() if t is not None}
+    scored = sum(defined.values())
+    if not scored:
+        return 0, None
+    return scored, float(sum(Fraction(t) * n for t, n in defined.items()) / scored)
+
+
+def ordinal_alpha(coincidences: dict[tuple[int, float, float], int]) -> float | None:
+    """Krippendorff's alpha (ordinal) from coincidence counts; None when undefined.
+
+    ``coincidences[(m, c, k)]`` counts ordered pairs of coders giving values c and k to a unit
+    that m coders valued; each weighs 1 / (m - 1) in the coincidence matrix. Then alpha is the
+    ``krippendorff`` package's formula (``1 - sum(o d) / sum(e d)`` with ordinal distances over
+    the values' frequencies), which tests/test_agreement.py holds it to on random data. Kept as
+    counts so that items can be added and removed exactly.
+    """
+    values = sorted({c for _, c, _ in coincidences})
+    if len(values) < 2:  # no variation at all
+        return None
+    index = {v: i for i, v in enumerate(values)}
+    o = np.zeros((len(values), len(values)))
+    for (m, c, k), count in sorted(coincidences.items()):
+        o[index[c], index[k]] += count / (m - 1)
+    n_v = o.sum(axis=0)
+    e = (np.outer(n_v, n_v) - np.diag(n_v)) / (n_v.sum() - 1)
+    cumulative = np.concatenate([[0.0], np.cumsum(n_v)])
+    low = np.minimum.outer(np.arange(len(values)), np.arange(len(values)))
+    high = np.maximum.outer(np.arange(len(values)), np.arange(len(values)))
+    d = (cumulative[high + 1] - cumulative[low] - (n_v[low] + n_v[high]) / 2) ** 2
+    return float(1 - (o * d).sum() / (e * d).sum())
+
+
+@dataclass(frozen=True)
+class AgreementFigures:
+    """Agreement between annotators over a set of judgements: what the Dashboard shows."""
+
+    alpha: float | None  # Krippendorff's alpha, ordinal (``overall_alpha``)
+    shared_items: int  # items ranked by two or more annotators
+    annotators: int  # annotators with at least one judgement
+    consensus: dict[str, ConsensusAgreement]
+    pairwise: PairwiseTau
+
+
+class AgreementTally:
+    """The agreement figures as sums over items, so adding or removing an item's judgements
+    updates them exactly, without going over the other items again.
+
+    Every figure here is a sum over items (counts, taus, coincidences), kept as exact counts of
+    each value: a tally brought up to date item by item equals, to the last bit, one built from
+    all items at once. That is what lets the Dashboard keep up with 10^6 rankings.
+    """
+
+    def __init__(self) -> None:
+        self._judged: dict[str, int] = {}  # annotator -> judgements
+        self._ordered: dict[str, int] = {}  # annotator -> judgements of K >= 2 responses
+        self._shared = 0
+        self._consensus: dict[str, dict[float | None, int]] = defaultdict(dict)
+        self._pairs: dict[tuple[str, str], dict[float | None, int]] = defaultdict(dict)
+        self._coincidences: dict[tuple[int, float, float], int] = {}
+
+    def update(self, changes: Mapping[Item, int]) -> None:
+        """Add each item as many times as it maps to (a negative count takes back items added
+        before). Equal items are worked out once: at K = 4 most items repeat one of a few
+        thousand rankings patterns, and names and patterns are tallied apart."""
+        by_names: dict[tuple[tuple[str, ...], bool], int] = defaultdict(int)
+        by_pattern: dict[tuple[tuple[int, ...], ...], int] = defaultdict(int)
+        for (names, ranks), times in changes.items():
+            if not times or not names:
+                continue
+            ordered = len(ranks[0]) >= 2  # one response carries no order
+            by_names[(names, ordered)] += times
+            if not ordered or len(names) < 2:
+                continue
+            by_pattern[ranks] += times
+            added = _contribution(ranks)
+            for name, tau in zip(names, added.consensus, strict=True):
+                _bump(self._consensus[name], tau, times)
+            for i, j, tau in added.pairs:
+                _bump(self._pairs[(names[i], names[j])], tau, times)
+        for (names, ordered), times in by_names.items():
+            for name in names:
+                _bump(self._judged, name, times)
+                if ordered:
+                    _bump(self._ordered, name, times)
+        for pattern, times in by_pattern.items():
+            self._shared += times
+            for key, count in _contribution(pattern).coincidences:
+                _bump(self._coincidences, key, times * count)
+
+    def consensus(self) -> dict[str, ConsensusAgreement]:
+        result = {}
+        for annotator in sorted(a for a, taus in self._consensus.items() if taus):
+            taus = self._consensus[annotator]
+            scored, mean = _exact_mean(taus)
+            result[annotator] = ConsensusAgreement(annotator, sum(taus.values()), scored, mean)
+        return result
+
+    def pairwise(self) -> PairwiseTau:
+        annotators = sorted(self._ordered)
+        n = len(annotators)
+        tau: list[list[float | None]] = [[None] * n for _ in range(n)]
+        items = [[0] * n for _ in range(n)]
+        index = {a: i for i, a in enumerate(annotators)}
+        for (a, b), taus in self._pairs.items():
+            i, j = index[a], index[b]
+            items[i][j] = items[j][i] = sum(taus.values())
+            tau[i][j] = tau[j][i] = _exact_mean(taus)[1]
+        return PairwiseTau(annotators, tau, items)
+
+    def figures(self) -> AgreementFigures:
+        return AgreementFigures(
+            alpha=ordinal_alpha(self._coincidences) if self._shared else None,
+            shared_items=self._shared,
+            annotators=len(self._judged),
+            consensus=self.consensus(),
+            pairwise=self.pairwise(),
+        )
+
+
+def tally(judgements: Iterable[JudgementLike]) -> AgreementTally:
+    """The tally of all these judgements at once."""
+    result = AgreementTally()
+    result.update(Counter(items_of(judgements).values()))
+    return result
 
 
 def overall_alpha(judgements: Iterable[JudgementLike]) -> float | None:
@@ -167,27 +367,12 @@ def overall_alpha(judgements: Iterable[JudgementLike]) -> float | None:
     None where alpha is undefined: no item with two annotators, or no variation at all (every
     pairable ranking ties every response).
     """
-    shared = {c: item for c, item in _by_item(judgements).items() if len(item) >= 2}
-    if not shared:
-        return None
-    annotators = sorted({a for item in shared.values() for a in item})
-    row = {a: i for i, a in enumerate(annotators)}
-    n_units = sum(len(next(iter(item.values()))) for item in shared.values())
-    data = np.full((len(annotators), n_units), np.nan)
-    start = 0
-    for item in shared.values():
-        k = len(next(iter(item.values())))
-        for annotator, ranks in item.items():
-            data[row[annotator], start : start + k] = position_scores(ranks)
-        start += k
-    if len(np.unique(data[~np.isnan(data)])) < 2:
-        return None
-    return float(krippendorff.alpha(reliability_data=data, level_of_measurement="ordinal"))
+    return tally(judgements).figures().alpha
 
 
 def shared_items(judgements: Iterable[JudgementLike]) -> int:
     """Items ranked by at least two annotators: what the agreement figures rest on."""
-    return sum(len(item) >= 2 for item in _by_item(judgements).values())
+    return tally(judgements).figures().shared_items
 
 
 def consensus_agreement(judgements: Iterable[JudgementLike]) -> dict[str, ConsensusAgreement]:
@@ -197,39 +382,12 @@ def consensus_agreement(judgements: Iterable[JudgementLike]) -> dict[str, Consen
     two annotators it is simply the other one). The consensus is the sum of the others' mid-ranks
     (same order as their mean, and exact, so equal means stay a tie). Keyed and ordered by name.
     """
-    taus: dict[str, list[float | None]] = defaultdict(list)
-    for item in _by_item(judgements).values():
-        if len(item) < 2:
-            continue
-        for annotator, ranks in item.items():
-            others = np.sum([r for a, r in item.items() if a != annotator], axis=0)
-            taus[annotator].append(tau_b(ranks, others))
-    result = {}
-    for annotator in sorted(taus):
-        scored, mean = _mean(taus[annotator])
-        result[annotator] = ConsensusAgreement(annotator, len(taus[annotator]), scored, mean)
-    return result
+    return tally(judgements).consensus()
 
 
 def pairwise_tau(judgements: Iterable[JudgementLike]) -> PairwiseTau:
     """Mean tau-b for every pair of annotators over the items both ranked, with counts."""
-    items = _by_item(judgements)
-    annotators = sorted({a for item in items.values() for a in item})
-    index = {a: i for i, a in enumerate(annotators)}
-    n = len(annotators)
-    taus: list[list[list[float | None]]] = [[[] for _ in range(n)] for _ in range(n)]
-    for item in items.values():
-        names = sorted(item)
-        for x, a in enumerate(names):
-            for b in names[x + 1 :]:
-                t = tau_b(item[a], item[b])
-                taus[index[a]][index[b]].append(t)
-                taus[index[b]][index[a]].append(t)
-    return PairwiseTau(
-        annotators=annotators,
-        tau=[[_mean(taus[i][j])[1] for j in range(n)] for i in range(n)],
-        items=[[len(taus[i][j]) for j in range(n)] for i in range(n)],
-    )
+    return tally(judgements).pairwise()
 
 
 def _pair_credit(ranks: Sequence[int], gold: Sequence[int]) -> tuple[int, float]:
@@ -286,7 +444,24 @@ def seconds_summary(seconds: Sequence[float]) -> SecondsSummary:
     The median is the typical pace; p90 shows long stalls without one abandoned tab dominating
     as it would a mean. Very fast items next to a high gold error rate hint at careless ranking.
     """
-    if not seconds:
+    ordered = sorted(seconds)
+    return sorted_summary(len(ordered), ordered.__getitem__)
+
+
+def sorted_summary(n: int, value_at: Callable[[int], float]) -> SecondsSummary:
+    """``seconds_summary`` of n values known by their order (``value_at(i)``: the i-th smallest).
+
+    Both figures rest on at most four of the values, so the store reads just those from an index
+    rather than every ranking's seconds.
+    """
+    if n == 0:
         return SecondsSummary(0, None, None)
-    values = np.asarray(seconds, dtype=float)
-    return SecondsSummary(len(values), float(np.median(values)), float(np.percentile(values, 90)))
+    half = n // 2
+    median = value_at(half) if n % 2 else (value_at(half - 1) + value_at(half)) / 2
+    position = 0.9 * (n - 1)
+    low = math.floor(position)
+    fraction = position - low
+    p90 = value_at(low)
+    if fraction:
+        p90 += (value_at(low + 1) - p90) * fraction
+    return SecondsSummary(n, float(median), float(p90))

@@ -20,9 +20,11 @@ from these fields.
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, TextIO
 
 import sqlite_utils
 
@@ -100,8 +102,37 @@ def pair_records(rankings: Iterable[dict[str, Any]]) -> Iterator[dict[str, str]]
 ExportShape = Literal["full", "pairs"]
 
 
-def export_jsonl(db: sqlite_utils.Database, shape: ExportShape) -> str:
+def write_jsonl(records: Iterable[dict[str, Any]], out: TextIO) -> int:
+    """Write each record as one JSON line as soon as it is made; returns the lines written.
+
+    Nothing but the record at hand is held, so an export's memory stays flat however many
+    rankings there are (tests/test_store_scale.py); the records come from a database cursor.
+    """
+    lines = 0
+    for record in records:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        lines += 1
+    return lines
+
+
+def export_jsonl(db: sqlite_utils.Database, shape: ExportShape, out: TextIO) -> int:
     """The Data page's download, here so a test loads exactly the file operators get."""
     records = ranking_records(db)
-    chosen = pair_records(records) if shape == "pairs" else records
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
+    return write_jsonl(pair_records(records) if shape == "pairs" else records, out)
+
+
+def download_file(write: Callable[[TextIO], object]) -> io.RawIOBase:
+    """What ``write`` writes, in an unnamed temporary file read back from the start: handed to
+    a download button, it spares the page a string of the whole export (Streamlit then reads the
+    file's bytes once to serve them)."""
+    file = tempfile.TemporaryFile()  # noqa: SIM115 (returned open, for the button to read)
+    try:
+        text = io.TextIOWrapper(file, encoding="utf-8", newline="\n")
+        write(text)
+        text.flush()
+        raw = text.detach().detach()
+    except BaseException:
+        file.close()
+        raise
+    raw.seek(0)
+    return raw

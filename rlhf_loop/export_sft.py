@@ -10,11 +10,12 @@ with ``datasets.load_dataset("json")``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
+from typing import TextIO
 
 import sqlite_utils
 
+from rlhf_loop.export import write_jsonl
 from rlhf_loop.store.demonstrations import LIVE_DEMONSTRATION
 
 _LIVE_ON_PROMPTS_IN_USE = f"""
@@ -42,6 +43,7 @@ def sft_record_count(db: sqlite_utils.Database) -> int:
     return db.execute(f"SELECT count(*) {_LIVE_ON_PROMPTS_IN_USE}").fetchone()[0]
 
 
-def export_sft_jsonl(db: sqlite_utils.Database) -> str:
-    """The Data page's download, here so a test loads exactly the file operators get."""
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sft_records(db))
+def export_sft_jsonl(db: sqlite_utils.Database, out: TextIO) -> int:
+    """The Data page's download, here so a test loads exactly the file operators get; written
+    line by line (``export.write_jsonl``)."""
+    return write_jsonl(sft_records(db), out)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import sqlite_utils
 
@@ -23,6 +26,13 @@ def old_schema(db: sqlite_utils.Database, version: int) -> sqlite_utils.Database
         migration(db)
     db.execute(f"PRAGMA user_version = {version}")
     return db
+
+
+def exported(write: Callable[[TextIO], object]) -> str:
+    """What an export writes, as one string (a test's exports are small)."""
+    out = io.StringIO()
+    write(out)
+    return out.getvalue()
 
 
 def add_texts(db: sqlite_utils.Database, texts: list[str]) -> None:

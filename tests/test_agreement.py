@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import math
 import random
+from collections import defaultdict
 from pathlib import Path
 
 import krippendorff
+import numpy as np
 import pytest
 import sqlite_utils
 from store_helpers import fresh_db, make_comparisons
 
 from rlhf_loop.agreement import (
+    AgreementTally,
     ConsensusAgreement,
+    Item,
     Judgement,
     SecondsSummary,
     consensus_agreement,
     gold_agreement,
+    items_of,
     overall_alpha,
     pairwise_tau,
     position_scores,
     seconds_summary,
     shared_items,
+    tally,
 )
 from rlhf_loop.ranking import dense_ranks
 from rlhf_loop.store.annotators import annotator_id
@@ -30,7 +36,7 @@ from rlhf_loop.store.quality import (
     gold_orders,
     judgements,
     overall,
-    seconds_by_annotator,
+    seconds_summaries,
 )
 from rlhf_loop.store.submissions import Status, submit, undo_last
 from rlhf_loop.store.tasks import next_task
@@ -219,6 +225,69 @@ def test_seconds_summary() -> None:
     summary = seconds_summary([float(s) for s in range(1, 11)])
     assert (summary.n, summary.median, summary.p90) == (10, 5.5, pytest.approx(9.1))
     assert seconds_summary([]) == SecondsSummary(0, None, None)
+    rng = np.random.default_rng(0)
+    for n in [1, 2, 3, 10, 11, 99, 1000]:  # from the order statistics alone, as numpy has it
+        values = rng.lognormal(3, 1, n).tolist()
+        summary = seconds_summary(values)
+        assert summary.median == np.median(values)
+        assert summary.p90 == pytest.approx(np.percentile(values, 90), rel=1e-12)
+
+
+def random_judgements(rng: random.Random, items: int) -> list[tuple[int, str, list[int]]]:
+    """Items of K = 2..5 responses ranked (with ties) by 1-4 of five annotators."""
+    names = ["ada", "bob", "cat", "dan", "eve"]
+    data = []
+    for c in range(items):
+        k = rng.randint(2, 5)
+        data += [
+            (c, n, random_ranking(rng, k, ties=True)) for n in rng.sample(names, rng.randint(1, 4))
+        ]
+    return data
+
+
+def test_alpha_from_coincidences_is_the_krippendorff_packages() -> None:
+    rng = random.Random(5)
+    for _ in range(20):
+        data = random_judgements(rng, rng.randint(3, 30))
+        items = [item for item in items_of(data).values() if len(item.names) >= 2]
+        if not items:
+            continue
+        names = sorted({n for item in items for n in item.names})
+        columns = []
+        for item in items:
+            scores = {n: position_scores(r) for n, r in zip(item.names, item.ranks, strict=True)}
+            for unit in range(len(item.ranks[0])):
+                columns.append([scores[n][unit] if n in scores else np.nan for n in names])
+        reliability = np.array(columns).T
+        if len(np.unique(reliability[~np.isnan(reliability)])) < 2:
+            continue
+        expected = krippendorff.alpha(reliability_data=reliability, level_of_measurement="ordinal")
+        assert overall_alpha(data) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_a_tally_kept_up_to_date_equals_one_built_from_scratch() -> None:
+    rng = random.Random(6)
+    data = random_judgements(rng, 200)
+    items = items_of(data)
+    kept = AgreementTally()
+    order = list(items)
+    rng.shuffle(order)
+    for c in order:  # every item in another order, some added wrong first and then redone
+        if rng.random() < 0.3:
+            wrong = Item(items[c].names, tuple(r[::-1] for r in items[c].ranks))
+            kept.update({wrong: 1})
+            redo = defaultdict(int)  # wrong may equal the item: all ties reverse to themselves
+            redo[wrong] -= 1
+            redo[items[c]] += 1
+            kept.update(redo)
+        else:
+            kept.update({items[c]: 1})
+    assert kept.figures() == tally(data).figures()
+    dropped = set(order[:50])
+    kept.update({items[c]: -1 for c in dropped})
+    assert kept.figures() == tally([j for j in data if j[0] not in dropped]).figures()
+    kept.update({items[c]: 1 for c in dropped})
+    assert kept.figures() == tally(data).figures()
 
 
 # --- the store: live rankings through the real serving and submitting code ----------------------
@@ -274,7 +343,7 @@ def test_store_feeds_live_rankings_only(tmp_path: Path) -> None:
         db["rankings"].update(ranking, {"seconds": 1000.0})
     for ranking in bob_ids:
         db["rankings"].update(ranking, {"seconds": 2.0})
-    assert seconds_by_annotator(db)["ada"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    assert seconds_summaries(db)["ada"] == SecondsSummary(6, 3.5, pytest.approx(5.5))
 
     report = {row["annotator"]: row for row in annotator_report(db)}
     assert list(report) == ["ada", "bob", "cat", "dan"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 import sqlite_utils
-from store_helpers import fresh_db, make_comparisons, old_schema
+from store_helpers import exported, fresh_db, make_comparisons, old_schema
 
 from rlhf_loop.demonstration_import import DemonstrationImportError, parse_demonstration_file
 from rlhf_loop.export import export_jsonl, ranking_records
@@ -135,7 +135,7 @@ def test_undo_retracts_the_written_answer_and_a_redo_supersedes_it(db) -> None:
     assert (back.status, back.ranks) == ("ranked", [2, 1, 3])
     assert demonstration_of(db, back.ranking_id) == Written("my answer", None)
     assert live_demonstration_count(db) == 0 and db["demonstrations"].count == 1  # kept
-    assert export_sft_jsonl(db) == "" and training_ranking_count(db) == 0
+    assert _sft_file(db) == "" and training_ranking_count(db) == 0
     assert _served(db, ada).comparison_id == back.comparison_id  # served again
     redo = _write(db, ada, "my better answer")
     answer = db["rankings"].get(db["demonstrations"].get(redo)["ranking_id"])
@@ -178,7 +178,10 @@ def test_a_written_answer_beats_all_k_and_the_k_keep_the_annotators_order(db) ->
     assert [r["rank"] for r in alone["responses"]] == [1, 2, 2, 2]  # the K tie below it
     examples = load_rankings(db)  # what the reward model reads
     assert [e.ranks for e in examples] == [[1, 3, 2, 3], [1, 2, 2, 2]]
-    pairs = [json.loads(line) for line in export_jsonl(db, "pairs").splitlines()]
+    pairs = [
+        json.loads(line)
+        for line in exported(lambda out: export_jsonl(db, "pairs", out)).splitlines()
+    ]
     assert sum(p["chosen"] == "written alone" for p in pairs) == 3
 
 
@@ -189,14 +192,14 @@ def test_with_the_setting_off_a_written_answer_ranks_nothing(db) -> None:
     [record] = ranking_records(db)  # ada's ranking of the K still trains, as a ranking
     assert [r["rank"] for r in record["responses"]] == [2, 1, 2]
     assert training_ranking_count(db) == 1
-    assert len(export_sft_jsonl(db).splitlines()) == 2  # both are still demonstrations
+    assert len(_sft_file(db).splitlines()) == 2  # both are still demonstrations
 
 
 def test_a_written_answer_on_a_retired_prompt_neither_trains_nor_exports(db) -> None:
     ada = annotator_id(db, "ada")
     _write(db, ada, "answer")
     retire_prompts(db, [1], "olga")
-    assert training_ranking_count(db) == 0 and export_sft_jsonl(db) == ""
+    assert training_ranking_count(db) == 0 and _sft_file(db) == ""
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ def test_the_sft_export_loads_with_datasets_as_trl_conversations(db, tmp_path: P
     _write(db, ada, 'Line one\nline "two" <script>x</script> ünïcode')
     add_imported(db, _parse([CHAT]), "chat.jsonl")
     path = tmp_path / "sft.jsonl"
-    path.write_text(export_sft_jsonl(db), encoding="utf-8")
+    path.write_text(_sft_file(db), encoding="utf-8")
     dataset = datasets.load_dataset("json", data_files=str(path), split="train")
     assert dataset.column_names == ["messages"] and len(dataset) == 2
     assert dataset[0]["messages"] == [
@@ -304,6 +307,10 @@ def test_a_schema_v7_database_migrates_and_keeps_its_rankings(tmp_path: Path) ->
     assert [r["ranks"] for r in load_rankings_plain(db)] == [[1, 2, 3]]
     _write(db, ada, "written")
     assert live_demonstration_count(db) == 1 and training_ranking_count(db) == 2
+
+
+def _sft_file(db: sqlite_utils.Database) -> str:
+    return exported(lambda out: export_sft_jsonl(db, out))
 
 
 def load_rankings_plain(db: sqlite_utils.Database) -> list[dict]:

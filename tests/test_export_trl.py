@@ -24,7 +24,8 @@ def test_exported_pairs_train_trl_reward_trainer(tmp_path: Path, demo_model_path
     db = fresh_db(tmp_path)
     oracle_rankings(db, 8)
     pairs_file = tmp_path / "pairs.jsonl"
-    pairs_file.write_text(export_jsonl(db, "pairs"), encoding="utf-8")
+    with pairs_file.open("w", encoding="utf-8") as out:
+        export_jsonl(db, "pairs", out)
     dataset = datasets.load_dataset("json", data_files=str(pairs_file), split="train")
     assert dataset.column_names == ["prompt", "chosen", "rejected"]
     assert len(dataset) >= 2 * STEPS  # enough pairs for every step's batch

@@ -18,8 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from rlhf_loop.agreement import seconds_summary
-from rlhf_loop.store.quality import annotator_report, seconds_by_annotator
+from rlhf_loop.store.quality import NO_SECONDS, annotator_report, seconds_summaries
 
 # Longer than anyone spends reading one prompt and K responses: past it the annotator was away.
 IDLE_CUTOFF_S = 600.0
@@ -55,20 +54,16 @@ class AnnotatorTable:
 def annotator_table(db: sqlite_utils.Database, cutoff_s: float = IDLE_CUTOFF_S) -> AnnotatorTable:
     """The report's rows with time figures over rankings of at most ``cutoff_s`` seconds and an
     ``idle_excluded`` column (rankings over it), without annotators who never answered."""
-    seconds = seconds_by_annotator(db)
+    seconds = seconds_summaries(db, cutoff_s)
     rows, without = [], []
     excluded_total = 0
-    for row in annotator_report(db):
+    for row in annotator_report(db, seconds):
         name = row["annotator"]
         if row["ranked"] + row["skipped"] + row["flagged"] + row["written"] == 0:
             without.append(name)
             continue
-        values = seconds.get(name, [])
-        kept = [s for s in values if s <= cutoff_s]
-        timing = seconds_summary(kept)
-        excluded = len(values) - len(kept)
+        # The time figures cover the live rankings ("ranked"), less the idle ones.
+        excluded = row["ranked"] - seconds.get(name, NO_SECONDS).n
         excluded_total += excluded
-        rows.append(
-            row | {"median_s": timing.median, "p90_s": timing.p90, "idle_excluded": excluded}
-        )
+        rows.append(row | {"idle_excluded": excluded})
     return AnnotatorTable(rows, without, excluded_total, cutoff_s)

@@ -79,8 +79,11 @@ def review_flag(
 
 def flag_counts(db: sqlite_utils.Database) -> dict[str, int]:
     """Open and reviewed flags, for the dashboard's headline."""
-    open_ = db["rankings"].count_where(
-        "status = 'flagged' AND retracted_at IS NULL"
+    # Through the flags' own index: left to choose, the planner counted them by going over every
+    # live answer (the index by annotator, status and seconds covers the query too).
+    open_ = db.execute(
+        "SELECT count(*) FROM rankings INDEXED BY idx_rankings_flagged"
+        " WHERE status = 'flagged' AND retracted_at IS NULL"
         " AND id NOT IN (SELECT ranking_id FROM flag_reviews)"
-    )
+    ).fetchone()[0]
     return {"open": open_, "reviewed": db["flag_reviews"].count}

@@ -355,6 +355,83 @@ def _v9_sign_in_limits(db: sqlite_utils.Database) -> None:
     )
 
 
+# A ranking row that holds one of its item's slots: live, and an answer (not a skip).
+_HOLDS_SLOT = "{row}.retracted_at IS NULL AND {row}.status != 'skipped'"
+
+# Kept by SQLite itself on every write to the tables, so no code path (submit, undo, a bulk
+# retraction, a restore's migration) can leave them out of date.
+_V10_TRIGGERS = [
+    f"""CREATE TRIGGER rankings_slot_taken AFTER INSERT ON rankings
+        WHEN {_HOLDS_SLOT.format(row="NEW")}
+        BEGIN UPDATE comparisons SET live_answers = live_answers + 1
+              WHERE id = NEW.comparison_id; END""",
+    f"""CREATE TRIGGER rankings_slot_moved AFTER UPDATE ON rankings BEGIN
+          UPDATE comparisons SET live_answers = live_answers - 1
+          WHERE id = OLD.comparison_id AND {_HOLDS_SLOT.format(row="OLD")};
+          UPDATE comparisons SET live_answers = live_answers + 1
+          WHERE id = NEW.comparison_id AND {_HOLDS_SLOT.format(row="NEW")};
+          INSERT INTO ranking_changes (comparison_id)
+          SELECT OLD.comparison_id UNION SELECT NEW.comparison_id;
+        END""",
+    f"""CREATE TRIGGER rankings_slot_freed AFTER DELETE ON rankings BEGIN
+          UPDATE comparisons SET live_answers = live_answers - 1
+          WHERE id = OLD.comparison_id AND {_HOLDS_SLOT.format(row="OLD")};
+          INSERT INTO ranking_changes (comparison_id) VALUES (OLD.comparison_id);
+        END""",
+    """CREATE TRIGGER prompts_retirement_changed AFTER UPDATE OF retired_at ON prompts
+        WHEN OLD.retired_at IS NOT NEW.retired_at
+        BEGIN INSERT INTO ranking_changes (prompt_id) VALUES (NEW.id); END""",
+    """CREATE TRIGGER comparisons_item_changed AFTER UPDATE OF gold_ranks, prompt_id
+        ON comparisons
+        BEGIN INSERT INTO ranking_changes (comparison_id) VALUES (NEW.id); END""",
+]
+
+
+def _v10_store_at_scale(db: sqlite_utils.Database) -> None:
+    """What serving an item and the Dashboard need to stay fast at 10^6 rankings
+    (bench/store_scale.py), where every query that walked all comparisons or rankings took
+    seconds.
+
+    - ``comparisons.live_answers``: the rankings and flags holding a slot of the item (live, not
+      skips), kept by triggers, indexed: the queue looks only at items with a slot left
+      (``live_answers < overlap``), a few hundred, not at every item ever ranked.
+    - ``ranking_changes``: every change to rankings already written (a retraction), to a prompt's
+      retirement or to an item's gold order, as the items (or prompt) whose judgements changed,
+      so the Dashboard's agreement figures (``store.agreement_cache``) redo just those items;
+      new rankings need no row here, their ids are above the last one the figures saw.
+    - indexes for the lookups that scanned: retired prompts, one annotator's retracted rankings
+      of an item (submit looks for the answer it supersedes), an annotator's newest answer,
+      flags, live answers by annotator, status and seconds (the Dashboard's counts and time
+      figures), an annotator's assignments in serving order, restores (which make the figures
+      start again).
+    """
+    db["comparisons"].add_column("live_answers", int, not_null_default=0)
+    db.execute(
+        "UPDATE comparisons SET live_answers = (SELECT count(*) FROM rankings r "
+        f"WHERE r.comparison_id = comparisons.id AND {_HOLDS_SLOT.format(row='r')})"
+    )
+    db["comparisons"].create_index(["live_answers"])
+    db["ranking_changes"].create({"id": int, "comparison_id": int, "prompt_id": int}, pk="id")
+    for trigger in _V10_TRIGGERS:
+        db.execute(trigger)
+    # Partial indexes have no table-API form in sqlite-utils, hence SQL strings.
+    for index in [
+        "idx_prompts_retired ON prompts(id) WHERE retired_at IS NOT NULL",
+        "idx_rankings_retracted ON rankings(comparison_id, annotator_id)"
+        " WHERE retracted_at IS NOT NULL",
+        "idx_rankings_flagged ON rankings(id) WHERE status = 'flagged'",
+        # Live answers per annotator and status, with their seconds: the Dashboard's counts and
+        # time figures read this index alone, not the rows. retracted_at, NULL throughout, makes
+        # it cover queries that name it: SQLite 3.40 does not drop a term the index implies.
+        "idx_rankings_answers ON rankings(annotator_id, status, seconds, retracted_at)"
+        " WHERE retracted_at IS NULL",
+        "idx_events_restored ON events(id) WHERE kind = 'database_restored'",
+    ]:
+        db.execute(f"CREATE INDEX {index}")
+    db["rankings"].create_index(["annotator_id"])
+    db["assignments"].create_index(["annotator_id"])
+
+
 MIGRATIONS: list[Migration] = [
     _v1_labeling,
     _v2_jobs,
@@ -365,6 +442,7 @@ MIGRATIONS: list[Migration] = [
     _v7_simulated_annotators,
     _v8_demonstrations,
     _v9_sign_in_limits,
+    _v10_store_at_scale,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

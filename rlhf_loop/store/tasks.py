@@ -20,14 +20,17 @@ import sqlite_utils
 from rlhf_loop.store.db import now, write_txn
 from rlhf_loop.store.generations import comparison_generations
 
-# Slots a comparison still has free: overlap minus live (non-skip) rankings minus open assignments.
+# Slots a comparison still has free: overlap minus live (non-skip) answers (``live_answers``,
+# kept by the schema's triggers) minus open assignments.
 _FREE_SLOTS = """
-    :overlap
-    - (SELECT count(*) FROM rankings r
-       WHERE r.comparison_id = c.id AND r.retracted_at IS NULL AND r.status != 'skipped')
+    :overlap - c.live_answers
     - (SELECT count(*) FROM assignments a
        WHERE a.comparison_id = c.id AND a.closed_at IS NULL AND a.served_at > :cutoff)
 """
+
+# Only items with a slot left can have one free: the index on ``live_answers`` finds those few
+# instead of going over every item ever ranked.
+_OPEN = "c.live_answers < :overlap"
 
 _NOT_RETIRED = "c.prompt_id NOT IN (SELECT id FROM prompts WHERE retired_at IS NOT NULL)"
 
@@ -36,7 +39,7 @@ _IN_POOL = f"c.gold_ranks IS NULL AND {_NOT_RETIRED}"
 
 # ...that this annotator has not been served yet, with a slot left.
 _SERVABLE = f"""
-    {_IN_POOL}
+    {_OPEN} AND {_IN_POOL}
     AND NOT EXISTS (SELECT 1 FROM assignments a
                     WHERE a.comparison_id = c.id AND a.annotator_id = :annotator)
     AND ({_FREE_SLOTS}) > 0
@@ -145,14 +148,15 @@ def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int
     ).fetchone()
     if unseen is None:  # the usual case, with no (or no more) gold items: one index lookup
         return None
+    # The last gold item served, found from the few gold items (CROSS JOIN keeps that order),
+    # then the items served since, by assignment id (``idx_assignments_annotator_id``).
     since_gold = db.execute(
         """
         SELECT count(*) FROM assignments a JOIN comparisons c ON c.id = a.comparison_id
         WHERE a.annotator_id = :annotator AND c.gold_ranks IS NULL
-          AND a.id > coalesce((SELECT max(g.id) FROM assignments g
-                               JOIN comparisons gc ON gc.id = g.comparison_id
-                               WHERE g.annotator_id = :annotator
-                                 AND gc.gold_ranks IS NOT NULL), 0)
+          AND a.id > coalesce((SELECT max(g.id) FROM comparisons gc CROSS JOIN assignments g
+                               WHERE gc.gold_ranks IS NOT NULL AND g.comparison_id = gc.id
+                                 AND g.annotator_id = :annotator), 0)
         """,
         {"annotator": annotator},
     ).fetchone()[0]
@@ -163,7 +167,8 @@ def free_slots(db: sqlite_utils.Database, overlap: int, assignment_timeout_s: fl
     """Rankings the queue can still absorb, over all annotators: what the sampler tops up."""
     row = db.execute(
         f"""
-        SELECT coalesce(sum(max(({_FREE_SLOTS}), 0)), 0) FROM comparisons c WHERE {_IN_POOL}
+        SELECT coalesce(sum(max(({_FREE_SLOTS}), 0)), 0) FROM comparisons c
+        WHERE {_OPEN} AND {_IN_POOL}
         """,
         {"overlap": overlap, "cutoff": now() - assignment_timeout_s},
     ).fetchone()
