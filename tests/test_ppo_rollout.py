@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
-from rlhf_loop.ppo.policy import Policy, new_policy
+from rlhf_loop.ppo.policy import Policy, merged_adapter, new_policy
 from rlhf_loop.ppo.rollout import rollout
 from rlhf_loop.ppo.rollout_sampling import SampleConfig
 from rlhf_loop.ppo.step import old_outputs
@@ -116,3 +117,14 @@ def test_a_bfloat16_base_is_not_merged_and_the_step_recomputes(demo_model_path: 
     assert all(torch.equal(base_weights(policy)[n], w) for n, w in before.items())
     old_logp, old_values, _ = old_outputs(policy, batch)
     assert old_logp.shape == old_values.shape == batch.response_ids.shape
+
+
+def test_an_error_while_merged_still_restores_the_base(demo_model_path: Path) -> None:
+    policy = trained_policy(demo_model_path)
+    before = base_weights(policy)
+    with pytest.raises(RuntimeError, match="mid-sampling"), merged_adapter(policy):
+        assert all(m.merged for m in policy.model.modules() if isinstance(m, LoraLayer))
+        assert not all(torch.equal(base_weights(policy)[n], w) for n, w in before.items())
+        raise RuntimeError("mid-sampling")
+    assert not any(m.merged for m in policy.model.modules() if isinstance(m, LoraLayer))
+    assert all(torch.equal(base_weights(policy)[n], w) for n, w in before.items())

@@ -244,8 +244,12 @@ def merged_adapter(policy: Policy) -> Iterator[None]:
     step is the bare base's. peft's ``unmerge_adapter`` subtracts the update again, which is not
     exact: one round trip moved a quarter of a float32 base's weights by an ulp (a bfloat16
     base's by 1e-3), a drift that would build up over a round in the frozen base, and so in the
-    reference. So peft's safe merge writes the merged weights to new tensors and the originals
-    are put back afterwards (a copy of the adapted weights is held while sampling).
+    reference. So the merged weights are new tensors (``W + get_delta_weight``, what peft's safe
+    merge writes) and the originals are put back afterwards; a copy of the adapted weights is
+    held while sampling. Done per layer rather than by peft's ``merge_adapter``, whose model-wide
+    checks took 5-9 ms a rollout on the demo model against 1.3 ms; the layer's
+    ``merged_adapters`` is what its forward reads to skip the adapter. Plain LoRA only (what
+    ``_lora_config`` makes: no DoRA, no LoRA bias).
 
     Only a float32 base is merged: rounding the float32 update into bfloat16 weights moved
     log-probs by up to 0.05 nats from the policy PPO optimises (float32: 4e-6).
@@ -253,19 +257,22 @@ def merged_adapter(policy: Policy) -> Iterator[None]:
     if not policy.float32_base:
         yield
         return
-    originals = [
-        (param, param.data)
-        for layer in policy.model.modules()
-        if isinstance(layer, LoraLayer)
-        for param in layer.get_base_layer().parameters(recurse=False)
-    ]
-    policy.model.merge_adapter(safe_merge=True)
+    name = policy.model.active_adapter
+    originals: list[tuple[LoraLayer, torch.nn.Parameter, torch.Tensor]] = []
     try:
+        for layer in policy.model.modules():
+            if isinstance(layer, LoraLayer) and name in layer.lora_A:
+                weight = layer.get_base_layer().weight
+                originals.append((layer, weight, weight.data))
+                with torch.no_grad():
+                    delta = layer.get_delta_weight(name).to(weight.dtype)
+                weight.data = weight.data + delta
+                layer.merged_adapters.append(name)
         yield
     finally:
-        policy.model.unmerge_adapter()  # peft's bookkeeping; the bits come from the originals
-        for param, data in originals:
-            param.data = data
+        for layer, weight, data in originals:
+            weight.data = data
+            layer.merged_adapters.remove(name)
 
 
 @torch.no_grad()
