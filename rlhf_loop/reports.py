@@ -86,6 +86,20 @@ def gate_text(metrics: dict[str, Any]) -> str:
     return reason
 
 
+def retrain_text(metrics: dict[str, Any]) -> str:
+    """How a reward version was trained and why (``reward.incremental``): in full from the
+    backbone, or from an older version on its new rankings plus a replay sample."""
+    retrain = metrics.get("retrain")
+    if retrain is None:
+        return "full" if metrics else "not recorded"
+    if retrain["kind"] == "incremental":
+        return (
+            f"incremental from v{retrain['started_from']}: {retrain['new_rankings']} new + "
+            f"{retrain['replay_rankings']} replayed"
+        )
+    return f"{retrain['kind']}: {retrain['reason']}"
+
+
 def reward_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """Accuracy always beside its interval, the held-out pairs under it and whether they are
     enough to mean anything: 0.78 on 19 pairs and 0.78 on 900 are different claims."""
@@ -100,6 +114,7 @@ def reward_versions_table(db: sqlite_utils.Database) -> list[dict[str, Any]]:
             "accuracy 95% interval": interval_text(v["metrics"].get("accuracy_interval")),
             "evidence": accuracy_evidence(v["metrics"]),
             "PPO gate": gate_text(v["metrics"]),
+            "retrain": retrain_text(v["metrics"]),
             "3-way accuracy": v["metrics"].get("three_way_accuracy"),
             "held-out NLL": v["metrics"].get("heldout_nll"),
             "tie ν": _nu(v["metrics"].get("log_nu")),

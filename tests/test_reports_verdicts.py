@@ -17,6 +17,7 @@ from rlhf_loop.human_verdicts import Standing
 from rlhf_loop.reports import (
     gate_text,
     policy_versions_table,
+    retrain_text,
     reward_accuracy_points,
     reward_versions_table,
     stopped_early_text,
@@ -257,6 +258,13 @@ def test_reward_rows_show_interval_evidence_and_gate(data_dir: Path) -> None:
     assert new["evidence"] == "enough"
     assert old["evidence"] == "not measured" and old["PPO gate"] == "not recorded"
     assert old["accuracy 95% interval"] == "none"
+    assert old["retrain"] == "full"  # trained before incremental retraining: always in full
+    incremental = {"kind": "incremental", "started_from": 2, "new_rankings": 80}
+    assert retrain_text({"retrain": incremental | {"replay_rankings": 300, "reason": ""}}) == (
+        "incremental from v2: 80 new + 300 replayed"
+    )
+    full = {"kind": "full", "reason": "no reward model yet"}
+    assert retrain_text({"retrain": full}) == "full: no reward model yet"
     assert reward_accuracy_points(db) == [
         {"version": 1, "accuracy": 0.9, "low": None, "high": None, "pairs": None},
         {"version": 2, "accuracy": 0.6, "low": 0.45, "high": 0.74, "pairs": 40},
