@@ -23,7 +23,7 @@ as new, which a "rankings after the last one it saw" watermark would miss. The h
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,7 +59,7 @@ class RetrainPlan:
     since_full: int = 0
     started_from: int | None = None
     start_log_nu: float | None = None
-    start_path: Path | None = field(default=None, compare=False)
+    start_path: Path | None = None
 
     def record(self) -> dict[str, Any]:
         return {
