@@ -507,7 +507,12 @@ def keep_focus_in_ranking_box(cid: int, writing: bool) -> None:
 
 try:
     task = next_task(
-        db, annotator, config.overlap, config.assignment_timeout_s, gold_every=config.gold_every
+        db,
+        annotator,
+        config.overlap,
+        config.assignment_timeout_s,
+        gold_every=config.gold_every,
+        name=name,
     )
 except StoreError as exc:
     st.error(f"{exc}. Reload the page in a moment.")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from rlhf_loop.store.db import now, write_txn
+from rlhf_loop.store.db import StoreError, now, read_snapshot, write_txn
 from rlhf_loop.store.generations import comparison_generations
 
 # Slots a comparison still has free: overlap minus live (non-skip) answers (``live_answers``,
@@ -96,16 +96,26 @@ def next_task(
     overlap: int,
     assignment_timeout_s: float,
     gold_every: int = 0,
+    name: str | None = None,
 ) -> Task | None:
     """The task this annotator is on, or a newly claimed one; None when the queue is empty.
 
     The task already on screen is found by a read, which WAL never blocks: a reload or a refused
     submit shows it again even while another process holds the write lock.
+
+    ``name`` is the annotator's, as the page looked their id up. A restore committed since may
+    have taken that id away, or given it to someone who registered after it: the id is then
+    refused with StoreError, in the same read (or write) as the task, rather than serving
+    someone else's item or claiming one in their name.
     """
-    current = _open_assignment(db, annotator)
-    if current:
-        return load_task(db, *current)
+    with read_snapshot(db):
+        if name is not None:
+            _still_theirs(db, annotator, name)
+        current = _open_assignment(db, annotator)
+        if current:
+            return load_task(db, *current)
     with write_txn(db):
+        _still_theirs(db, annotator, name)
         current = _open_assignment(db, annotator)  # a second tab may have claimed one meanwhile
         if current:
             return load_task(db, *current)
@@ -131,6 +141,15 @@ def next_task(
             {"comparison_id": chosen, "annotator_id": annotator, "served_at": served_at}
         )
         return load_task(db, chosen, served_at)
+
+
+def _still_theirs(db: sqlite_utils.Database, annotator: int, name: str | None) -> None:
+    rows = list(db["annotators"].rows_where("id = ?", [annotator], select="name", limit=1))
+    if not rows or (name is not None and rows[0]["name"] != name):
+        raise StoreError(
+            "the database was just restored by an operator, and this page still knows you by "
+            "your place in the one before"
+        )
 
 
 def _gold_due(db: sqlite_utils.Database, annotator: int, gold_every: int) -> int | None:
