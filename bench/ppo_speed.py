@@ -309,8 +309,20 @@ def merge_steps(durations: list[float], gen: list[tuple[float, int, int, int]]) 
     ]
 
 
+def float32_model(auto_class: Any, path: str) -> Any:
+    """A model in float32 whatever its checkpoint's dtype (see ``training_args``)."""
+    import torch
+
+    return auto_class.from_pretrained(path, dtype=torch.float32)
+
+
 def training_args(cfg: dict[str, Any], scratch: str) -> dict[str, Any]:
-    """What both TRL configs share: float32, no checkpointing, constant lr, plain AdamW."""
+    """What both TRL configs share: float32, no checkpointing, constant lr, plain AdamW.
+
+    The models are loaded in float32 too (``dtype=torch.float32``, as ``load_causal_lm`` does on
+    a CPU): ``from_pretrained``'s default keeps the checkpoint's dtype, and the shipped demo
+    model is float16, whose CPU matmuls made a GRPO step ~8x slower than in float32.
+    """
     return {
         "output_dir": scratch,
         "learning_rate": cfg["lr"],
@@ -359,9 +371,9 @@ def run_trl_ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     tokenizer.padding_side = "left"
     torch.manual_seed(SEED)
-    policy = AutoModelForCausalLM.from_pretrained(cfg["model"])
-    reward = AutoModelForSequenceClassification.from_pretrained(cfg["reward_model"])
-    value = AutoModelForSequenceClassification.from_pretrained(cfg["reward_model"])
+    policy = float32_model(AutoModelForCausalLM, cfg["model"])
+    reward = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
+    value = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
     # each prompt K times, so the pool of prompt texts and the batch size match ours
     rows = [p for p in cfg["prompts_formatted"] for _ in range(cfg["samples"])]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rows]
@@ -447,8 +459,8 @@ def run_grpo(cfg: dict[str, Any]) -> dict[str, Any]:
     per_step = minibatches * cfg["epochs"]  # optimizer steps per generation batch
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     torch.manual_seed(SEED)
-    policy = AutoModelForCausalLM.from_pretrained(cfg["model"])
-    reward = AutoModelForSequenceClassification.from_pretrained(cfg["reward_model"])
+    policy = float32_model(AutoModelForCausalLM, cfg["model"])
+    reward = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
     reward_tokenizer = AutoTokenizer.from_pretrained(cfg["reward_model"])
     dataset = Dataset.from_dict({"prompt": cfg["prompts_formatted"]})
     scratch = tempfile.mkdtemp(prefix="grpo-bench-")
