@@ -203,16 +203,8 @@ def refusal(exc: RankingError | StoreError) -> str:
 
 
 # The boxes of one item, named "<box>-<comparison id>" (the picks "pick-<id>-<i>").
-ITEM_BOXES = [
-    "typed",
-    "comment",
-    "flag-reason",
-    "flag-detail",
-    "demo-start",
-    "demo-text",
-    "demo-ranks",
-    "writing",
-]
+ITEM_BOXES = ("typed", "comment", "flag-reason", "flag-detail", "writing")
+ITEM_BOXES += ("demo-start", "demo-text", "demo-ranks")  # the written answer's
 
 
 def forget_item(cid: int) -> None:
