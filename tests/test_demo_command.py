@@ -24,7 +24,8 @@ def test_demo_prints_one_line_per_iteration_and_writes_json(
     out = capsys.readouterr().out
     line = re.search(
         r"^iteration 1: (\d+) rankings; reward model v1 held-out accuracy (\S+) (\S+, \S+|n/a) "
-        r"on (\d+) pairs; (.+); live v(\d+) arithmetic correctness ([0-9.]+); KL (\S+)$",
+        r"on (\d+) pairs; (.+); live v(\d+) arithmetic correctness ([0-9.]+) \(±[0-9.]+\); "
+        r"KL (\S+)$",
         out,
         re.MULTILINE,
     )
