@@ -174,8 +174,10 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     from rlhf_loop.ppo.step import Optimisation, ppo_step
     from rlhf_loop.reward.model import load_reward_model
 
+    device, dtype = cfg.get("device", "cpu"), cfg.get("dtype", "auto")
     settings = Settings(
-        device="cpu",
+        device=device,
+        dtype=dtype,
         temperature=1.0,
         top_p=cfg["top_p"],
         top_k=0,
@@ -192,13 +194,13 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
         ppo_missing_eos_penalty=cfg["missing_eos_penalty"],
     )
     torch.manual_seed(SEED)
-    policy = new_policy(cfg["model"], "cpu", settings.ppo_lora_r)
-    model, tokenizer, meta = load_reward_model(cfg["reward_model"], "cpu")
+    policy = new_policy(cfg["model"], device, settings.ppo_lora_r, dtype=dtype)
+    model, tokenizer, meta = load_reward_model(cfg["reward_model"], device, dtype)
     state = Optimisation(
         torch.optim.AdamW(policy.trainable_parameters(), lr=settings.ppo_lr, weight_decay=0.0),
         FixedKL(settings.ppo_kl_coef),
         RunningMoments(),
-        torch.Generator().manual_seed(SEED),
+        torch.Generator(device=policy.device).manual_seed(SEED),
     )
     config, ppo_hyper, pool = sample_config(settings), hyper(settings), cfg["prompts_raw"]
     rng = random.Random(SEED)
@@ -226,6 +228,10 @@ def run_ours(cfg: dict[str, Any]) -> dict[str, Any]:
                 "update_s": t3 - t2,
                 "rollout_tokens": int(batch.response_mask.sum()),
                 "rollout_positions": batch.response_ids.shape[1],
+                "prompt_positions": batch.query_ids.shape[1],
+                # the update's forward passes before its epochs: the reference's, plus the
+                # policy's where the sampler kept no log-probs (a half-precision base)
+                "old_forward_passes": 1 if batch.policy_logprobs is not None else 2,
                 "sequences": len(scores),
                 "reward": stats["reward"],
             }
@@ -309,11 +315,13 @@ def merge_steps(durations: list[float], gen: list[tuple[float, int, int, int]]) 
     ]
 
 
-def float32_model(auto_class: Any, path: str) -> Any:
-    """A model in float32 whatever its checkpoint's dtype (see ``training_args``)."""
+def trl_model(auto_class: Any, path: str, cfg: dict[str, Any]) -> Any:
+    """A model in float32 (bfloat16 when ``cfg["dtype"]`` says so) whatever its checkpoint's
+    dtype (see ``training_args``)."""
     import torch
 
-    return auto_class.from_pretrained(path, dtype=torch.float32)
+    dtype = torch.bfloat16 if cfg.get("dtype") == "bfloat16" else torch.float32
+    return auto_class.from_pretrained(path, dtype=dtype)
 
 
 def training_args(cfg: dict[str, Any], scratch: str) -> dict[str, Any]:
@@ -331,8 +339,8 @@ def training_args(cfg: dict[str, Any], scratch: str) -> dict[str, Any]:
         "weight_decay": 0.0,
         "optim": "adamw_torch",
         "gradient_checkpointing": False,  # TRL's default is True: recomputes, ours does not
-        "bf16": False,  # TRL's default is True; ours trains in float32
-        "use_cpu": True,
+        "bf16": cfg.get("dtype") == "bfloat16",  # TRL's default is True; ours: float32 on a CPU
+        "use_cpu": cfg.get("device", "cpu") == "cpu",
         "report_to": "none",
         "save_strategy": "no",
         "eval_strategy": "no",
@@ -371,9 +379,9 @@ def run_trl_ppo(cfg: dict[str, Any]) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     tokenizer.padding_side = "left"
     torch.manual_seed(SEED)
-    policy = float32_model(AutoModelForCausalLM, cfg["model"])
-    reward = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
-    value = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
+    policy = trl_model(AutoModelForCausalLM, cfg["model"], cfg)
+    reward = trl_model(AutoModelForSequenceClassification, cfg["reward_model"], cfg)
+    value = trl_model(AutoModelForSequenceClassification, cfg["reward_model"], cfg)
     # each prompt K times, so the pool of prompt texts and the batch size match ours
     rows = [p for p in cfg["prompts_formatted"] for _ in range(cfg["samples"])]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in rows]
@@ -459,8 +467,8 @@ def run_grpo(cfg: dict[str, Any]) -> dict[str, Any]:
     per_step = minibatches * cfg["epochs"]  # optimizer steps per generation batch
     tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
     torch.manual_seed(SEED)
-    policy = float32_model(AutoModelForCausalLM, cfg["model"])
-    reward = float32_model(AutoModelForSequenceClassification, cfg["reward_model"])
+    policy = trl_model(AutoModelForCausalLM, cfg["model"], cfg)
+    reward = trl_model(AutoModelForSequenceClassification, cfg["reward_model"], cfg)
     reward_tokenizer = AutoTokenizer.from_pretrained(cfg["reward_model"])
     dataset = Dataset.from_dict({"prompt": cfg["prompts_formatted"]})
     scratch = tempfile.mkdtemp(prefix="grpo-bench-")
@@ -588,8 +596,9 @@ def ensure_trl112_venv() -> dict[str, Any]:
     }
 
 
-def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
-    """The shared inputs: demo model path, the seeded reward model on disk, the prompt pool."""
+def prepare(args: argparse.Namespace, scratch: Path, path: str | None = None) -> dict[str, Any]:
+    """The shared inputs: the model path (the demo model's unless given), the seeded reward
+    model on disk, the prompt pool."""
     import torch
     from transformers import AutoTokenizer
 
@@ -601,7 +610,7 @@ def prepare(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
 
     quiet_libraries()
     settings = Settings()
-    path = resolve_model_path(settings)
+    path = path or resolve_model_path(settings)
     torch.manual_seed(REWARD_SEED)
     model, tokenizer = load_backbone(path, "cpu")
     reward_dir = save_reward_model(

@@ -156,7 +156,7 @@ def held_out_accuracy(
             texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length
         )
         rewards = flat_rewards(model, dict(inputs)).view(len(chunk), -1)
-        ranks = torch.tensor([e.ranks for e in chunk])
+        ranks = torch.tensor([e.ranks for e in chunk], device=rewards.device)
         c, t = pairwise_accuracy(rewards, ranks)
         correct, total = correct + c.item(), total + t.item()
     return correct / total
@@ -200,13 +200,13 @@ def end_loss(losses: list[float]) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def fresh_backbone(path: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def fresh_backbone(path: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     torch.manual_seed(INIT_SEED)
-    return load_backbone(path, "cpu")
+    return load_backbone(path, device)
 
 
 def run_ours(args: argparse.Namespace, path: str, train: list, held_out: list) -> dict[str, Any]:
-    model, tokenizer = fresh_backbone(path)
+    model, tokenizer = fresh_backbone(path, args.device)
     config = RewardTrainConfig(
         epochs=1,
         lr=args.lr,
@@ -242,7 +242,7 @@ def run_trl(args: argparse.Namespace, path: str, train: list, held_out: list) ->
     from trl import RewardConfig, RewardTrainer
 
     datasets.disable_progress_bars()
-    model, tokenizer = fresh_backbone(path)
+    model, tokenizer = fresh_backbone(path, args.device)
     rows = to_pairs(train, tokenizer)
     pairs_per_step = args.batch * args.k // 2  # = B*K sequences per step, like ours
     scratch = tempfile.mkdtemp(prefix="trl-bench-")  # output_dir; nothing is saved there
@@ -264,7 +264,7 @@ def run_trl(args: argparse.Namespace, path: str, train: list, held_out: list) ->
             # recomputes activations: slower, and not what ours does
             activation_checkpointing=False,
             bf16=False,  # TRL's default is True; ours trains in float32
-            use_cpu=True,
+            use_cpu=args.device == "cpu",
             report_to="none",
             save_strategy="no",
             eval_strategy="no",
@@ -376,6 +376,8 @@ def run_child(arm: str, k: int, n: int, args: argparse.Namespace) -> dict[str, A
         str(args.trl_logging_steps),
         "--tie-threshold",
         str(args.tie_threshold),
+        "--device",
+        args.device,
         "--result",
         result_path,
     ]
@@ -522,6 +524,12 @@ def main() -> None:
         default=0.5,
         help="the simulated annotator's tie threshold; 0 gives rankings without ties, where TRL "
         "gets every pair and the K-1 ratio is like for like",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where both arms train (float32 either way: a fully trained reward model's "
+        "weights are float32 by design)",
     )
     parser.add_argument(
         "--trl-logging-steps", type=int, default=1, help="TRL logs the loss every this many steps"
