@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 started=$SECONDS
 step() { echo; echo "=== $1 ($((SECONDS - started)) s)"; }
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+# only where the packages are missing (the GPU image): a machine that has them keeps its own
+if compgen -G ".whl/*.whl" >/dev/null && ! python3 -c "import trl, sqlite_utils" 2>/dev/null; then
   step "installing carried wheels from .whl/"
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/gpu-check-site .whl/*.whl
