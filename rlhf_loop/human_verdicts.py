@@ -29,6 +29,7 @@ from rlhf_loop.arena.strengths import (
     win_rate_interval,
 )
 from rlhf_loop.config import Settings
+from rlhf_loop.faults import fault_point
 from rlhf_loop.store.adoption import (
     CANDIDATE,
     REJECTED,
@@ -194,6 +195,8 @@ def _judge_candidate(
         # made from a version that is no longer live (an operator rolled back meanwhile): its
         # comparisons are against its parent, which does not say it beats what serves now
         return []
+    if standing.verdict in (BETTER, WORSE):
+        fault_point("before_verdict")  # a worker killed with the verdict reached, not yet applied
     if standing.verdict == BETTER:
         promote(db, standing.version, "people", figures)
         return [f"v{standing.version} promoted: people prefer it to v{live['version']}"]

@@ -8,6 +8,7 @@ can be replayed with the same seed."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -16,15 +17,22 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from fault_checks import assert_sound, ranking_rows
-from store_helpers import fresh_db, oracle_rankings
+from store_helpers import add_texts, fresh_db, oracle_rankings
 from worker_helpers import wait_for, worker_env
 
+from rlhf_loop.faults import FAULT_ENV
 from rlhf_loop.model.demo_corpus import ARITHMETIC, demo_prompts
+from rlhf_loop.ppo.policy import new_policy, save_policy
 from rlhf_loop.simulate_demonstrations import add_oracle_demonstrations
 from rlhf_loop.store import jobs
+from rlhf_loop.store.adoption import CANDIDATE, pending_candidate
+from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.leases import live_holder
-from rlhf_loop.store.versions import latest_version, list_versions, live_policy
+from rlhf_loop.store.submissions import submit
+from rlhf_loop.store.tasks import next_task
+from rlhf_loop.store.versions import latest_version, list_versions, live_policy, register_version
 from rlhf_loop.worker import LEASE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -192,3 +200,97 @@ def test_sft_round_killed_mid_training_and_at_a_random_moment_keeps_the_live_pol
     assert live["version"] > live_before["version"] and live["metrics"]["trained_by"] == "sft"
     assert len([v for v in list_versions(db, "policy") if v["path"]]) == 1  # registered once
     assert not list((tmp_path / "runs" / "policy").glob(".v*"))  # no half-written leftovers
+
+
+def _candidate(db, tmp_path: Path, model_path: Path) -> int:
+    """v1, a LoRA policy whose answers differ from the base's, waiting for people's verdict."""
+    torch.manual_seed(0)
+    policy = new_policy(str(model_path), "cpu", lora_r=4)
+    with torch.no_grad():
+        for p in policy.adapter_parameters("default"):
+            p.add_(0.5 * torch.randn_like(p))
+    path = save_policy(policy, tmp_path / "v1", {"lora_r": 4})
+    base = live_policy(db, "demo")
+    register_version(db, "policy", 1, path, "demo", {}, base["id"], adoption=CANDIDATE)
+    return 1
+
+
+def _rank_for(db, who: int, preferred: int) -> int:
+    """Ranks every item on offer, ``preferred``'s responses first; returns how many."""
+    ranked = 0
+    while (task := next_task(db, who, 1, 1800)) is not None:
+        versions = [
+            db["generations"].get(r.generation_id)["policy_version"] for r in task.responses
+        ]
+        submit(
+            db, who, task.comparison_id, "ranked", [1 if v == preferred else 2 for v in versions]
+        )
+        ranked += 1
+    return ranked
+
+
+def _ranked_on(db, who: int, preferred: int, worker: subprocess.Popen) -> bool:
+    """Ranks what is on offer; True once the worker has exited."""
+    _rank_for(db, who, preferred)
+    return worker.poll() is not None
+
+
+def _still_a_candidate(db, version: int) -> None:
+    assert pending_candidate(db, "demo")["version"] == version
+    assert live_policy(db, "demo")["version"] == 0
+    assert db["events"].count_where("kind = 'policy_promoted'") == 0
+
+
+def test_worker_killed_while_a_candidate_is_judged_keeps_it_a_candidate_then_promotes_it_once(
+    tmp_path: Path, demo_model_path: Path
+) -> None:
+    """Killed while sampling blind items, then at the verdict (reached, not applied): the
+    candidate stays a candidate each time, every blind item ranked before counts, and the next
+    worker promotes it once."""
+    db = fresh_db(tmp_path)
+    add_texts(db, [f"What is {i} + {i + 2}?" for i in range(40)])
+    candidate = _candidate(db, tmp_path, demo_model_path)
+    env = _env(
+        tmp_path,
+        demo_model_path,
+        policy_adoption="human",
+        eval_share=1.0,
+        queue_depth=8,
+        sample_batch_prompts=4,
+    )
+    judge = annotator_id(db, "judge")
+    ranked = [0]
+
+    def ranked_four() -> bool:  # people rank blind items as the worker samples more of them
+        ranked[0] += _rank_for(db, judge, candidate)
+        return ranked[0] >= 4
+
+    doing = _kill_when(db, env, ranked_four, "4 blind items ranked")
+    _still_a_candidate(db, candidate)
+    for row in db["comparisons"].rows:  # no half-stored item: each mixes both versions
+        assert sorted(json.loads(row["blind_versions"])) == [0, candidate]
+        versions = {
+            db["generations"].get(g)["policy_version"] for g in json.loads(row["generation_ids"])
+        }
+        assert versions == {0, candidate}
+
+    worker = subprocess.Popen(WORKER, env=env | {FAULT_ENV: "before_verdict"}, cwd=REPO)
+    try:
+        wait_for(lambda: _ranked_on(db, judge, candidate, worker), 180, "the verdict")
+    finally:
+        worker.kill()
+        worker.wait()
+    assert worker.returncode == -signal.SIGKILL  # it died at the verdict, not before
+    _still_a_candidate(db, candidate)
+    rankings = ranking_rows(db)
+    time.sleep(LEASE_S + 0.5)
+
+    subprocess.run(WORKER, env=env, cwd=REPO, timeout=300, check=True)
+    assert_sound(db, rankings, "demo")
+    [event] = db["events"].rows_where("kind = 'policy_promoted'")
+    figures = json.loads(event["payload"])
+    assert figures["version"] == candidate and figures["by"] == "people"
+    assert figures["pairs"] == 4 * len(rankings)  # every blind ranking counted, the first 4 too
+    assert live_policy(db, "demo")["version"] == candidate
+    assert pending_candidate(db, "demo") is None
+    print(f"first kill while (last reported) {doing!r}")
