@@ -6,21 +6,23 @@ The 10-session version, with timings, is the restart scenario of bench/many_brow
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 from store_helpers import make_comparisons
-from test_browser import StreamlitApp, chromium  # noqa: F401  (chromium: a fixture)
+from test_browser import (  # noqa: F401  (chromium: a fixture)
+    StreamlitApp,
+    _shown_prompt,
+    chromium,
+)
 
 from rlhf_loop.store.db import open_db
 
 pytestmark = pytest.mark.browser
 
 NAMES = ("ada", "bob", "cy")
-PROMPT = re.compile(r"^prompt \d+$")  # make_comparisons' prompt texts
 
 
 @pytest.fixture
@@ -36,12 +38,6 @@ def app(tmp_path: Path) -> Iterator[StreamlitApp]:
         server.stop()
 
 
-def _prompt_on(page) -> str:
-    prompt = page.get_by_text(PROMPT)
-    expect(prompt).to_have_count(1, timeout=60_000)
-    return prompt.inner_text()
-
-
 def _press_ranking(page) -> None:
     page.get_by_label("Ranking").fill("1 2 3")
     page.get_by_label("Ranking").press("Enter")
@@ -51,7 +47,7 @@ def _acknowledged(page, before: str) -> str:
     """Waits for the page to say it saved and to show the next item; returns that item."""
     expect(page.get_by_text("Saved A > B > C")).to_be_visible(timeout=60_000)
     expect(page.get_by_text(before, exact=True)).to_have_count(0, timeout=60_000)
-    return _prompt_on(page)
+    return _shown_prompt(page)
 
 
 def _stored(app: StreamlitApp) -> dict[str, list[str]]:
@@ -71,7 +67,7 @@ def test_app_killed_with_submits_in_flight_reconnects_every_page_and_loses_nothi
     pages = {name: chromium.new_context().new_page() for name in NAMES}
     for name, page in pages.items():
         page.goto(f"{app.url}/?annotator={name}")
-    on_screen = {name: _prompt_on(page) for name, page in pages.items()}
+    on_screen = {name: _shown_prompt(page) for name, page in pages.items()}
     acknowledged: dict[str, list[str]] = {name: [] for name in NAMES}
     for name, page in pages.items():  # one acknowledged ranking each before the crash
         _press_ranking(page)
@@ -85,7 +81,7 @@ def test_app_killed_with_submits_in_flight_reconnects_every_page_and_loses_nothi
     for name, page in pages.items():
         expect(page.get_by_test_id("stConnectionStatus")).to_have_count(0, timeout=60_000)
         page.reload()  # the restarted server does not know the old page's widgets
-        shown = _prompt_on(page)
+        shown = _shown_prompt(page)
         stored = _stored(app)[name]
         if shown == on_screen[name]:  # the cut-off submit was not stored: same item again
             assert stored == acknowledged[name]

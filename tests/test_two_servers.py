@@ -6,14 +6,17 @@ server served it."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 from store_helpers import make_comparisons
-from test_browser import StreamlitApp, chromium  # noqa: F401  (chromium: a fixture)
+from test_browser import (  # noqa: F401  (chromium: a fixture)
+    StreamlitApp,
+    _shown_prompt,
+    chromium,
+)
 
 from rlhf_loop.store.db import open_db
 
@@ -41,15 +44,6 @@ def two_servers(tmp_path: Path) -> Iterator[tuple[StreamlitApp, StreamlitApp]]:
                 server.stop()
 
 
-PROMPT_TEXT = re.compile(r"^prompt \d+$")  # make_comparisons' prompt texts
-
-
-def _prompt_on(page) -> str:
-    prompt = page.get_by_text(PROMPT_TEXT)
-    expect(prompt).to_have_count(1, timeout=30_000)
-    return prompt.inner_text()
-
-
 def test_annotators_on_two_servers_over_one_file_lose_nothing_and_share_no_item(
     two_servers: tuple[StreamlitApp, StreamlitApp],
     chromium,  # noqa: F811  (the fixture)
@@ -59,7 +53,7 @@ def test_annotators_on_two_servers_over_one_file_lose_nothing_and_share_no_item(
     }  # a context each: separate sessions
     for i, (name, page) in enumerate(pages.items()):
         page.goto(f"{two_servers[i % 2].url}/?annotator={name}")
-    shown = {name: [_prompt_on(page)] for name, page in pages.items()}
+    shown = {name: [_shown_prompt(page)] for name, page in pages.items()}
     acknowledged = dict.fromkeys(NAMES, 0)
     for _ in range(ROUNDS):
         for page in pages.values():  # all four submit before any answer is awaited
@@ -68,7 +62,7 @@ def test_annotators_on_two_servers_over_one_file_lose_nothing_and_share_no_item(
         for name, page in pages.items():
             expect(page.get_by_text("Saved A > B = C")).to_be_visible(timeout=30_000)
             expect(page.get_by_text(shown[name][-1], exact=True)).to_have_count(0)
-            shown[name].append(_prompt_on(page))
+            shown[name].append(_shown_prompt(page))
             acknowledged[name] += 1
 
     everything_shown = [prompt for prompts in shown.values() for prompt in prompts]
