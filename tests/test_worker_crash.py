@@ -1,7 +1,9 @@
 """A worker SIGKILLed in a reward-model retrain, a PPO round or an SFT round, first in the middle
 of training, then at a random moment (loading, training, evaluating or saving): after each kill
 the database is sound, no ranking is lost, nothing half-written is registered and the live
-policy is a complete version; the next worker retries the job to the end.
+policy is a complete version; the next worker retries the job to the end. A worker killed while
+a candidate policy is judged by people (sampling blind items, or with the verdict reached) leaves
+it a candidate, and the next one decides it once.
 
 The random moments come from FAULT_SEED (default: a fresh seed, printed on failure), so a failure
 can be replayed with the same seed."""
