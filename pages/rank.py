@@ -39,11 +39,13 @@ from rlhf_loop.store.submissions import (
     DuplicateSubmission,
     ItemReplaced,
     Reopened,
+    RestoredSince,
     Status,
     progress,
     recent_answers,
     reopen,
     reopen_last,
+    restore_mark,
     submit,
 )
 from rlhf_loop.store.tasks import Task, next_task, tasks_left_for
@@ -88,6 +90,8 @@ config = settings()
 db = database()
 st.title("Rank")
 
+# Read before the ids below, and handed back with an undo or a reopen: a restore since refuses them.
+seen_restore = restore_mark(db)
 who = current_annotator()
 if who is None:
     ask_annotator_name()
@@ -228,17 +232,21 @@ def on_flag(comparison_id: int, served_at: float) -> None:
     )
 
 
-def on_undo() -> None:
-    reopened = reopen_last(db, annotator)
+def on_undo(seen: float) -> None:
+    try:
+        reopened = reopen_last(db, annotator, seen_restore=seen)
+    except RestoredSince as exc:
+        flash("warning", str(exc))
+        return
     if reopened is None:
         flash("warning", "Nothing to undo")
     else:
         bring_back(reopened, "Undone")
 
 
-def on_reopen(ranking_id: int) -> None:
+def on_reopen(ranking_id: int, seen: float) -> None:
     try:
-        reopened = reopen(db, annotator, ranking_id)
+        reopened = reopen(db, annotator, ranking_id, seen_restore=seen)
     except (RankingError, StoreError) as exc:
         flash("warning", str(exc))
     else:
@@ -431,7 +439,11 @@ def actions(task: Task) -> None:
         args=(cid, task.served_at, "skipped", "Skipped"),
     )
     undo_col.button(
-        "Undo last submission", icon=":material/undo:", shortcut="Alt+Z", on_click=on_undo
+        "Undo last submission",
+        icon=":material/undo:",
+        shortcut="Alt+Z",
+        on_click=on_undo,
+        args=(seen_restore,),
     )
     # A key per item: the next item gets a new, closed popover (with one key for all items the
     # browser kept it open over the next item's responses).
@@ -485,7 +497,7 @@ def recent() -> None:
                 key=f"reopen-{given.ranking_id}",
                 icon=":material/edit:",
                 on_click=on_reopen,
-                args=(given.ranking_id,),
+                args=(given.ranking_id, seen_restore),
             )
 
 

@@ -5,7 +5,9 @@ Every answer acknowledged before the restore is in its safety snapshot, every on
 after it in the restored database, and each under the prompt its annotator was shown: an answer
 to an item shown before the restore is refused with ``ItemReplaced``, whose message says so,
 never stored under whatever item took that id. The Rank page shows that message, drops the
-ranking typed for the item that is gone and serves the next one.
+ranking typed for the item that is gone and serves the next one. An undo or a reopen from a page
+shown before the restore is refused (``RestoredSince``): the annotator's id and the answers' ids
+it knew may be someone else's in the restored database.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from store_helpers import add_texts, make_comparisons
 from rlhf_loop.store.annotators import annotator_id
 from rlhf_loop.store.backup import restore, snapshot_bytes
 from rlhf_loop.store.db import StoreError, open_db
-from rlhf_loop.store.submissions import ItemReplaced, submit
+from rlhf_loop.store.submissions import (
+    ItemReplaced,
+    RestoredSince,
+    reopen,
+    reopen_last,
+    restore_mark,
+    submit,
+)
 from rlhf_loop.store.tasks import next_task
 
 ANNOTATORS = 3
@@ -219,3 +228,56 @@ def test_the_rank_page_says_the_item_was_restored_away_and_drops_its_ranking(
     at.button[0].click().run()
     assert "Saved D > C > B > A" in at.success[0].value
     assert json.loads(db["rankings"].get(2)["ranks"]) == [4, 3, 2, 1]
+
+
+def _ranked_by(db, name: str, ranks: list[int]) -> tuple[int, int]:
+    """(annotator id, ranking id) of ``name``'s answer to their next item."""
+    me = annotator_id(db, name)
+    return me, submit(db, me, next_task(db, me, 1, TIMEOUT).comparison_id, "ranked", ranks)
+
+
+def test_an_undo_or_reopen_from_before_a_restore_leaves_the_new_owner_of_the_ids_alone(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rlhf.db"
+    db = open_db(path)
+    make_comparisons(db, 2)
+    snapshot = snapshot_bytes(path)  # before anyone registered
+    seen = restore_mark(db)  # ada's page, as it reads her id and her answers
+    ada, adas = _ranked_by(db, "ada", [1, 2, 3, 4])
+    restore(path, snapshot, tmp_path / "backups")
+    bob, bobs = _ranked_by(db, "bob", [4, 3, 2, 1])
+    assert (bob, bobs) == (ada, adas)  # ada's page knows bob's id and bob's answer as hers
+
+    with pytest.raises(RestoredSince, match=r"restored by an operator at .*nothing was undone"):
+        reopen_last(db, ada, seen_restore=seen)
+    with pytest.raises(RestoredSince, match="nothing was reopened"):
+        reopen(db, ada, adas, seen_restore=seen)
+    assert db["rankings"].get(bobs)["retracted_at"] is None
+    assert db["assignments"].get(1)["closed_at"] is not None  # bob's item is not served again
+    # A page shown since reads the new mark: bob undoes his own answer.
+    assert reopen_last(db, bob, seen_restore=restore_mark(db)).ranking_id == bobs
+
+
+def test_the_rank_page_undoes_nothing_of_another_persons_after_a_restore(data_dir: Path) -> None:
+    path = data_dir / "rlhf.db"
+    db = open_db(path)
+    make_comparisons(db, 2)
+    snapshot = snapshot_bytes(path)
+    at = rank_page()  # ada, id 1
+    at.text_input(key="typed-1").input("1 2 3 4")
+    at.button[0].click().run()
+    at.session_state["recent-answers"] = True  # her last answers, with a Reopen button each
+    at.run()
+    other_tab = rank_page()  # ada's second tab, with its Undo button
+
+    restore(path, snapshot, data_dir / "backups")
+    _ranked_by(db, "bob", [4, 3, 2, 1])  # bob: id 1, ranking 1, on item 1
+    next(b for b in other_tab.button if b.label == "Undo last submission").click().run()
+    next(b for b in at.button if b.key == "reopen-1").click().run()
+
+    assert "restored by an operator at" in other_tab.warning[0].value
+    assert "nothing was undone" in other_tab.warning[0].value
+    assert "nothing was reopened" in at.warning[0].value
+    assert not other_tab.info and not at.info  # bob's ranking is not brought back to her
+    assert db["rankings"].get(1)["retracted_at"] is None

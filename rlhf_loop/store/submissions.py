@@ -10,7 +10,10 @@ operator restores a snapshot, ids are reused (the worker samples new items into 
 database never had) and an annotator's id may belong to someone who joined since, so the id
 alone could land a ranking of the item on screen on another item. Its serving time tells: the
 answer is taken when the assignment served then is still there (a snapshot taken after it keeps
-it), and refused with ``ItemReplaced`` when a restore came since.
+it), and refused with ``ItemReplaced`` when a restore came since. Undo and reopen act on ids the
+page read (its annotator's, its listed answers'), which a restore may have given to someone else:
+the page hands back the ``restore_mark`` it read before them, and they are refused with
+``RestoredSince`` when it changed.
 """
 
 from __future__ import annotations
@@ -45,9 +48,46 @@ class DuplicateSubmission(RankingError):
     """This annotator already answered this task; the first answer stands."""
 
 
-class ItemReplaced(RankingError):
+class RestoredSince(RankingError):
+    """The database was restored since the page read the ids it acts on: they may name someone
+    else's annotator or answers there, so nothing was changed."""
+
+
+class ItemReplaced(RestoredSince):
     """The database was restored since the page showed the item: the answer was not stored, and
     the item on screen may not exist any more or be another one under the same id."""
+
+
+def restore_mark(db: sqlite_utils.Database) -> float:
+    """When the database was last restored (its restore event's time), 0.0 if never.
+
+    A page reads it before the ids it shows and hands it back with an undo or a reopen: another
+    value then means a restore came since. A mark read before the ids, not the time of reading
+    them: reads are not blocked by a restore's write lock, so a page may still read the old
+    database after the restore logged its time (in the copy, before its commit).
+    """
+    # The kind written out, not bound: only then does SQLite use the partial index of restores.
+    row = db.execute(
+        f"SELECT at FROM events WHERE kind = '{RESTORED_EVENT}' ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else 0.0
+
+
+def _restored_at(at: float) -> str:
+    return f"The database was restored by an operator at {dt.datetime.fromtimestamp(at):%H:%M}"
+
+
+def _not_restored_since(db: sqlite_utils.Database, seen: float | None, undone: str) -> None:
+    """Raise RestoredSince when the page's ``restore_mark`` (``seen``) is not the current one."""
+    if seen is None:
+        return
+    mark = restore_mark(db)
+    if mark != seen:
+        raise RestoredSince(
+            f"{_restored_at(mark)}, after this page was shown to you; the answers it knew may be "
+            f"someone else's there, so nothing was {undone}. The page now shows the restored "
+            "database."
+        )
 
 
 def submit(
@@ -122,11 +162,9 @@ def served_assignment(
     if served_at is not None and (assignment is None or assignment["served_at"] != served_at):
         restored = last_event(db, RESTORED_EVENT, served_at)
         if restored is not None:
-            at = dt.datetime.fromtimestamp(restored["at"]).strftime("%H:%M")
             raise ItemReplaced(
-                f"The database was restored by an operator at {at}, after this item was shown "
-                "to you; it is not there as you saw it, so your answer was NOT saved. Here is "
-                "your next item."
+                f"{_restored_at(restored['at'])}, after this item was shown to you; it is not "
+                "there as you saw it, so your answer was NOT saved. Here is your next item."
             )
     if assignment is None:
         raise RankingError("this item was not served to you; reload the page for your next one")
@@ -178,9 +216,16 @@ def undo_last(db: sqlite_utils.Database, annotator: int) -> int | None:
     return reopened.comparison_id if reopened else None
 
 
-def reopen_last(db: sqlite_utils.Database, annotator: int) -> Reopened | None:
-    """Undo: retract this annotator's latest live answer and serve its task again."""
+def reopen_last(
+    db: sqlite_utils.Database, annotator: int, seen_restore: float | None = None
+) -> Reopened | None:
+    """Undo: retract this annotator's latest live answer and serve its task again.
+
+    ``seen_restore`` is the ``restore_mark`` the page read before the annotator's id: given, an
+    undo from a page shown before a restore is refused (RestoredSince), as the id may be
+    someone else's now."""
     with write_txn(db):
+        _not_restored_since(db, seen_restore, "undone")
         rows = db["rankings"].rows_where(
             "annotator_id = ? AND retracted_at IS NULL", [annotator], order_by="id DESC", limit=1
         )
@@ -190,11 +235,18 @@ def reopen_last(db: sqlite_utils.Database, annotator: int) -> Reopened | None:
         return _retract_and_serve(db, annotator, last, "ranking_undone")
 
 
-def reopen(db: sqlite_utils.Database, annotator: int, ranking_id: int) -> Reopened:
+def reopen(
+    db: sqlite_utils.Database,
+    annotator: int,
+    ranking_id: int,
+    seen_restore: float | None = None,
+) -> Reopened:
     """Retract one of this annotator's live answers, any one of them, and serve its task again
     (next, before the item that was on screen, which stays theirs); the corrected answer is a new
-    row that supersedes it, as after an undo."""
+    row that supersedes it, as after an undo. ``seen_restore``: as for ``reopen_last`` (ranking
+    ids are reused after a restore too)."""
     with write_txn(db):
+        _not_restored_since(db, seen_restore, "reopened")
         rows = db["rankings"].rows_where(
             "id = ? AND annotator_id = ? AND retracted_at IS NULL", [ranking_id, annotator]
         )
