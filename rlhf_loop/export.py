@@ -21,6 +21,7 @@ from these fields.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -29,8 +30,11 @@ from typing import Any, Literal, TextIO
 import sqlite_utils
 
 from rlhf_loop.ranking import strict_pairs
-from rlhf_loop.store.generations import comparison_generations
+from rlhf_loop.store.generations import generations_by_id
 from rlhf_loop.store.training_rankings import TRAINS_OR_WRITTEN, WRITTEN_ITEMS
+
+# Rankings whose generations are read in one query: a few MB of texts held at a time.
+RANKINGS_PER_READ = 1000
 
 _TRAINING_RANKINGS = f"""
     SELECT r.id, r.comparison_id, r.ranks, r.seconds, r.created_at, a.name AS annotator,
@@ -46,34 +50,46 @@ _TRAINING_RANKINGS = f"""
 def ranking_records(db: sqlite_utils.Database) -> Iterator[dict[str, Any]]:
     """One record per ranking that trains (``store.training_rankings``): the prompt, each response
     with its rank, who and how long. A written answer that counts as a ranking is the first
-    response, rank 1, with ``demonstration_id`` and no generation; the K follow below it."""
-    for row in db.query(_TRAINING_RANKINGS):
-        generations = comparison_generations(db, row["generation_ids"])
-        ranks = json.loads(row["ranks"]) if row["ranks"] else [1] * len(generations)
-        written = []
-        if row["written_id"] is not None:
-            ranks = [rank + 1 for rank in ranks]
-            written = [_written_response(row["written_id"], row["written"])]
-        yield {
-            "ranking_id": row["id"],
-            "comparison_id": row["comparison_id"],
-            "prompt": row["prompt"],
-            "prompt_label": row["label"],
-            "policy_version": row["policy_version"],
-            "annotator": row["annotator"],
-            "seconds": round(row["seconds"], 3),
-            "created_at": row["created_at"],
-            "responses": written
-            + [
-                {
-                    "generation_id": g["id"],
-                    "text": g["text"],
-                    "rank": r,
-                    "policy_version": g["policy_version"],  # blind items mix two versions
-                }
-                for g, r in zip(generations, ranks, strict=True)
-            ],
-        }
+    response, rank 1, with ``demonstration_id`` and no generation; the K follow below it.
+
+    Read RANKINGS_PER_READ rankings at a time, with their generations in one query: what is
+    held stays one chunk however many rankings there are."""
+    rows = db.query(_TRAINING_RANKINGS)
+    while chunk := list(itertools.islice(rows, RANKINGS_PER_READ)):
+        orders = [json.loads(row["generation_ids"]) for row in chunk]
+        generations = generations_by_id(
+            db, [i for order in orders for i in order], select="id, text, policy_version"
+        )
+        for row, order in zip(chunk, orders, strict=True):
+            yield _record(row, [generations[i] for i in order])
+
+
+def _record(row: dict[str, Any], generations: list[dict[str, Any]]) -> dict[str, Any]:
+    ranks = json.loads(row["ranks"]) if row["ranks"] else [1] * len(generations)
+    written = []
+    if row["written_id"] is not None:
+        ranks = [rank + 1 for rank in ranks]
+        written = [_written_response(row["written_id"], row["written"])]
+    return {
+        "ranking_id": row["id"],
+        "comparison_id": row["comparison_id"],
+        "prompt": row["prompt"],
+        "prompt_label": row["label"],
+        "policy_version": row["policy_version"],
+        "annotator": row["annotator"],
+        "seconds": round(row["seconds"], 3),
+        "created_at": row["created_at"],
+        "responses": written
+        + [
+            {
+                "generation_id": g["id"],
+                "text": g["text"],
+                "rank": r,
+                "policy_version": g["policy_version"],  # blind items mix two versions
+            }
+            for g, r in zip(generations, ranks, strict=True)
+        ],
+    }
 
 
 def _written_response(demonstration_id: int, text: str) -> dict[str, Any]:

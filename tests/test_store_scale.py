@@ -14,6 +14,7 @@ import sqlite_utils
 from store_helpers import fresh_db, make_comparisons, old_schema
 
 from bench.store_scale_data import build
+from rlhf_loop import export
 from rlhf_loop.agreement import tally
 from rlhf_loop.export import export_jsonl
 from rlhf_loop.export_sft import export_sft_jsonl
@@ -250,7 +251,12 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     ],
     ids=["full", "pairs", "sft"],
 )
-def test_an_exports_memory_does_not_grow_with_the_rankings(stores, write) -> None:
+def test_an_exports_memory_does_not_grow_with_the_rankings(
+    stores, write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rankings are read a chunk at a time: chunks smaller than either store, so that both hold
+    # one whole chunk and the peak can only grow with the rankings if more than a chunk is kept.
+    monkeypatch.setattr(export, "RANKINGS_PER_READ", 100)
     small_peak, large_peak = (_export_peak(path, write) for path in stores)
     # Eight times the rows, the same peak: one record at a time (a list of them grew eightfold).
     assert large_peak < 1.5 * small_peak + 64 * 1024, (small_peak, large_peak)

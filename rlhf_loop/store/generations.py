@@ -30,9 +30,20 @@ class Sample:
 def comparison_generations(db: sqlite_utils.Database, generation_ids: str) -> list[dict]:
     """A comparison's generation rows in display order, from its ``generation_ids`` JSON."""
     ids = json.loads(generation_ids)
-    rows = db["generations"].rows_where(f"id IN ({','.join('?' * len(ids))})", ids)
-    by_id = {g["id"]: g for g in rows}
+    by_id = generations_by_id(db, ids)
     return [by_id[i] for i in ids]
+
+
+def generations_by_id(
+    db: sqlite_utils.Database, ids: Sequence[int], select: str = "*"
+) -> dict[int, dict]:
+    """The generation rows of ``ids`` by id, in one query: an export reads those of a thousand
+    rankings at a time (a query per ranking made 10^6 of them 70 s). The ids are bound as one
+    JSON array, so their number meets no limit on bound variables."""
+    rows = db["generations"].rows_where(
+        "id IN (SELECT value FROM json_each(?))", [json.dumps(list(ids))], select=select
+    )
+    return {g["id"]: g for g in rows}
 
 
 def live_policy_version(db: sqlite_utils.Database, base_model: str) -> int:
