@@ -30,7 +30,7 @@ import sqlite_utils
 from rlhf_loop.agreement import AgreementFigures, AgreementTally, Item, item_from
 from rlhf_loop.store.db import read_snapshot
 from rlhf_loop.store.judgements import judgement_rows
-from rlhf_loop.store.submissions import RESTORED_EVENT
+from rlhf_loop.store.submissions import last_restore
 
 
 class _Interned:
@@ -121,17 +121,9 @@ def forget_tallies() -> None:
 
 def _same_rows(db: sqlite_utils.Database, tallied: _Tallied) -> bool:
     """Whether the rows the tally was made of are still there (no restore since)."""
-    return _restored(db) == tallied.restored and _ranking_row(db, tallied.rankings_seen) == (
+    return last_restore(db) == tallied.restored and _ranking_row(db, tallied.rankings_seen) == (
         tallied.seen_row
     )
-
-
-def _restored(db: sqlite_utils.Database) -> tuple | None:
-    # The kind written out, not bound: only then does SQLite use the partial index of restores.
-    row = db.execute(
-        f"SELECT id, at FROM events WHERE kind = '{RESTORED_EVENT}' ORDER BY id DESC LIMIT 1"
-    ).fetchone()
-    return tuple(row) if row else None
 
 
 def _ranking_row(db: sqlite_utils.Database, ranking_id: int) -> tuple | None:
@@ -168,7 +160,7 @@ def _catch_up(db: sqlite_utils.Database, tallied: _Tallied) -> None:
     tallied.built = True
     tallied.rankings_seen, tallied.changes_seen = top, changes
     tallied.seen_row = _ranking_row(db, top)
-    tallied.restored = _restored(db)
+    tallied.restored = last_restore(db)
 
 
 def _changed_items(db: sqlite_utils.Database, rankings_seen: int, changes_seen: int) -> set[int]:

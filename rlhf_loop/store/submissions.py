@@ -66,11 +66,17 @@ def restore_mark(db: sqlite_utils.Database) -> float:
     them: reads are not blocked by a restore's write lock, so a page may still read the old
     database after the restore logged its time (in the copy, before its commit).
     """
+    last = last_restore(db)
+    return last[1] if last else 0.0
+
+
+def last_restore(db: sqlite_utils.Database) -> tuple[int, float] | None:
+    """The newest restore event's (id, time), None if the database was never restored."""
     # The kind written out, not bound: only then does SQLite use the partial index of restores.
     row = db.execute(
-        f"SELECT at FROM events WHERE kind = '{RESTORED_EVENT}' ORDER BY id DESC LIMIT 1"
+        f"SELECT id, at FROM events WHERE kind = '{RESTORED_EVENT}' ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    return row[0] if row else 0.0
+    return tuple(row) if row else None
 
 
 def _restored_at(at: float) -> str:
