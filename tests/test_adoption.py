@@ -253,7 +253,9 @@ def test_a_round_stops_at_the_kl_budget_and_keeps_the_weights_before_it(
         m["step"] for m in trained["job_metrics"].rows_where("job_id = ?", [ctx.job.id])
     }
     assert logged_steps == {1}
-    assert result["kl_after"] == pytest.approx(0.0, abs=1e-6)  # back to the start: no drift
+    # back to the start: the kept weights are the live ones, so what is left of the KL is the
+    # estimate's rounding (about 1e-6 on some CPUs), far under the one update that passed 1e-4
+    assert abs(result["kl_after"]) < 1e-5
 
 
 def test_a_live_policy_already_past_the_budget_is_not_trained(

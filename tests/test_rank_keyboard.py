@@ -32,6 +32,10 @@ READY = (
     " && boxes[0].value === ''; })()"
 )
 
+PICKERS_DRAWN = (
+    "document.querySelectorAll('[class*=\"st-key-pick-\"] [role=\"radio\"]').length === 16"
+)
+
 
 @pytest.fixture
 def app(tmp_path: Path) -> Iterator[StreamlitApp]:
@@ -165,6 +169,9 @@ def test_focus_after_skip_flag_refusal_and_undo(app: StreamlitApp, chromium) -> 
 def test_tab_goes_through_the_rank_pickers_a_b_c_d(app: StreamlitApp, chromium) -> None:  # noqa: F811
     page = _page(chromium, app.url)
     _prompt_shown(page, 0)
+    # Streamlit loads the pickers' code on first use and draws a skeleton (nothing to tab to)
+    # until it arrives: on a busy machine, after the box already has the focus.
+    page.wait_for_function(PICKERS_DRAWN, timeout=WAIT_MS)
     page.wait_for_function(READY, timeout=WAIT_MS)
     reached = []  # the picker (0 = A) each Tab lands in, from the ranking box to Submit
     for _ in range(40):
