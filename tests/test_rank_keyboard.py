@@ -33,7 +33,7 @@ READY = (
 )
 
 PICKERS_DRAWN = (
-    "document.querySelectorAll('[class*=\"st-key-pick-\"] [role=\"radio\"]').length === 16"
+    'document.querySelectorAll(\'[class*="st-key-pick-"] [role="radio"]\').length === 16'
 )
 
 
