@@ -2,10 +2,13 @@
 
 A judgement is ``(comparison_id, annotator, ranks)`` with dense ranks per shown response
 (1 = best, equal numbers = a tie), as ``rlhf_loop.ranking`` stores them. Kendall's tau-b (which
-corrects for ties) comes from ``scipy.stats.kendalltau``. Krippendorff's alpha for ordinal data is
-the ``krippendorff`` package's formula applied to a coincidence matrix summed here item by item
-(a test holds the two equal): every figure is a sum over items (``AgreementTally``), so the
-Dashboard adds the items that changed instead of going over 10^6 rankings on every render.
+corrects for ties) is ``scipy.stats.kendalltau``'s formula, computed here pair by pair (a test
+holds the two equal to the last bit): an item has a handful of responses, on which one scipy call
+cost a third of a millisecond, seconds on a Dashboard's first render. Krippendorff's alpha for
+ordinal data is the ``krippendorff`` package's formula applied to a coincidence matrix summed
+here item by item (a test holds the two equal): every figure is a sum over items
+(``AgreementTally``), so the Dashboard adds the items that changed instead of going over 10^6
+rankings on every render.
 
 These numbers are shown to an operator to spot careless or confused annotators; nothing here
 bans or down-weights anyone automatically. Few shared items make every figure noisy, so each
@@ -45,7 +48,6 @@ from fractions import Fraction
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.stats import kendalltau, rankdata
 
 
 class Judgement(NamedTuple):
@@ -117,7 +119,18 @@ def mid_ranks(ranks: Sequence[float]) -> np.ndarray:
 
     [1, 2, 2, 3] -> [1, 2.5, 2.5, 4]. Same order as the dense ranks, so the same tau-b.
     """
-    return rankdata(ranks, method="average")
+    return np.array(_mid_ranks(tuple(ranks)))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _mid_ranks(ranks: tuple[float, ...]) -> tuple[float, ...]:
+    """``mid_ranks`` on a tuple: the responses ranked strictly better, plus the middle of the
+    tied ones' places (halves, so exact in floating point). Memoised: rankings repeat (75 with
+    ties at K = 4)."""
+    return tuple(
+        sum(other < rank for other in ranks) + (sum(other == rank for other in ranks) + 1) / 2
+        for rank in ranks
+    )
 
 
 def position_scores(ranks: Sequence[float]) -> np.ndarray:
@@ -127,14 +140,33 @@ def position_scores(ranks: Sequence[float]) -> np.ndarray:
     across items (see the module docstring). Needs at least two responses. Division is
     correctly rounded, so equal shares from different K are equal floats.
     """
-    return (mid_ranks(ranks) - 1.0) / (len(ranks) - 1)
+    return np.array(_position_scores(tuple(ranks)))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _position_scores(ranks: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple((mid - 1.0) / (len(ranks) - 1) for mid in _mid_ranks(ranks))
 
 
 def tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b (ties corrected); None where it is undefined, i.e. a side is all ties."""
-    if len(set(x)) < 2 or len(set(y)) < 2:
+    """Kendall's tau-b (ties corrected); None where it is undefined, i.e. a side is all ties.
+
+    scipy's formula: (concordant - discordant pairs) / sqrt(pairs untied in x) / sqrt(pairs
+    untied in y), clipped to [-1, 1]. Counted over every pair, O(n^2): meant for one item's
+    handful of responses.
+    """
+    concordant_minus_discordant = untied_x = untied_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx = (x[i] > x[j]) - (x[i] < x[j])
+            dy = (y[i] > y[j]) - (y[i] < y[j])
+            concordant_minus_discordant += dx * dy
+            untied_x += dx != 0
+            untied_y += dy != 0
+    if not untied_x or not untied_y:
         return None
-    return float(kendalltau(x, y, variant="b").statistic)
+    tau = concordant_minus_discordant / math.sqrt(untied_x) / math.sqrt(untied_y)
+    return min(1.0, max(-1.0, tau))
 
 
 def _mean(values: Iterable[float | None]) -> tuple[int, float | None]:
@@ -181,39 +213,30 @@ class _Contribution:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _tau(x: tuple[float, ...], y: tuple[float, ...]) -> float | None:
-    """``tau_b`` with NaN as None, memoised: items repeat a few thousand pairs of rankings, and
-    one scipy call costs a third of a millisecond."""
-    tau = tau_b(x, y)
-    return None if tau is None or math.isnan(tau) else tau
-
-
-@functools.lru_cache(maxsize=1 << 16)
 def _contribution(pattern: tuple[tuple[int, ...], ...]) -> _Contribution:
     """An item's contribution, from its rankings alone (names only say where it goes).
 
     Memoised: with K = 4 there are 75 rankings with ties, so two annotators' items repeat a few
     thousand patterns whatever the number of items.
     """
-    mids = [mid_ranks(r) for r in pattern]
-    others = [np.sum([r for j, r in enumerate(mids) if j != i], axis=0) for i in range(len(mids))]
-    consensus = tuple(
-        _tau(tuple(ranks.tolist()), tuple(rest.tolist()))
-        for ranks, rest in zip(mids, others, strict=True)
-    )
-    pairs = tuple(
-        (i, j, _tau(tuple(mids[i].tolist()), tuple(mids[j].tolist())))
+    mids = [_mid_ranks(r) for r in pattern]
+    # the others' consensus: the sum of their mid-ranks (halves, so the sum is exact)
+    others = [
+        tuple(map(sum, zip(*(r for j, r in enumerate(mids) if j != i), strict=True)))
         for i in range(len(mids))
-        for j in range(i + 1, len(mids))
+    ]
+    consensus = tuple(tau_b(ranks, rest) for ranks, rest in zip(mids, others, strict=True))
+    pairs = tuple(
+        (i, j, tau_b(mids[i], mids[j])) for i in range(len(mids)) for j in range(i + 1, len(mids))
     )
     m = len(pattern)
-    scores = [position_scores(r) for r in pattern]
+    scores = [_position_scores(r) for r in pattern]
     counts: dict[tuple[int, float, float], int] = defaultdict(int)
     for unit in range(len(pattern[0])):
         for i in range(m):
             for j in range(m):
                 if i != j:
-                    counts[(m, float(scores[i][unit]), float(scores[j][unit]))] += 1
+                    counts[(m, scores[i][unit], scores[j][unit])] += 1
     return _Contribution(consensus, pairs, tuple(counts.items()))
 
 

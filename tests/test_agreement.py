@@ -11,6 +11,7 @@ import krippendorff
 import numpy as np
 import pytest
 import sqlite_utils
+from scipy.stats import kendalltau, rankdata
 from store_helpers import fresh_db, make_comparisons
 
 from rlhf_loop.agreement import (
@@ -22,12 +23,14 @@ from rlhf_loop.agreement import (
     consensus_agreement,
     gold_agreement,
     items_of,
+    mid_ranks,
     overall_alpha,
     pairwise_tau,
     position_scores,
     seconds_summary,
     shared_items,
     tally,
+    tau_b,
 )
 from rlhf_loop.ranking import dense_ranks
 from rlhf_loop.store.annotators import annotator_id
@@ -164,6 +167,25 @@ def test_position_scores_put_every_item_on_one_scale() -> None:
         level_of_measurement="ordinal",
     )
     assert overall_alpha(data) > dense
+
+
+def test_tau_b_and_mid_ranks_are_scipys_to_the_last_bit() -> None:
+    """Computed pair by pair for speed; held to scipy's kendalltau and rankdata on rankings with
+    and without ties, K = 2..8, including the undefined (all-tie) cases."""
+    rng = random.Random(11)
+    undefined = 0
+    for _ in range(3000):
+        k = rng.randint(2, 8)
+        x = random_ranking(rng, k, ties=rng.random() < 0.5)
+        y = [rng.choice([1.0, 2.5, 3.0, 4.5]) for _ in range(k)]
+        assert list(mid_ranks(x)) == list(rankdata(x, method="average"))
+        expected = kendalltau(x, y, variant="b").statistic
+        if math.isnan(expected):
+            undefined += 1
+            assert tau_b(x, y) is None
+        else:
+            assert tau_b(x, y) == float(expected)  # equal floats, not approximately
+    assert 0 < undefined < 3000
 
 
 def test_a_careless_annotator_is_spotted_by_gold_items() -> None:

@@ -27,6 +27,8 @@ from rlhf_loop.worker import LEASE
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+# The app between script runs (Streamlit marks its root with the script's state).
+IDLE_APP = "[data-testid=stApp][data-test-script-state=notRunning]"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 pytestmark = pytest.mark.browser
@@ -289,6 +291,10 @@ def test_an_annotator_writes_a_better_answer_from_the_keyboard(
     page = _open_ranking(chromium, seeded_app.url, "ada")
     first = _shown_prompt(page)
     expect(page.get_by_label("Ranking")).to_be_focused(timeout=30_000)
+    # Streamlit binds a button's shortcut once the button is drawn; on a busy machine that can
+    # come after the box has the focus, so the key waits for the button and an idle script.
+    expect(page.get_by_role("button", name="Write a better answer")).to_be_visible()
+    page.wait_for_selector(IDLE_APP, timeout=30_000)
     page.keyboard.press("Alt+w")
     editor = page.get_by_label("Your answer")
     expect(editor).to_be_focused(timeout=30_000)
