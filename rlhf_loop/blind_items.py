@@ -37,6 +37,11 @@ def blind_count(db: sqlite_utils.Database, pair: tuple[int, int], batch: int, sh
     return max(0, min(batch, math.ceil((total + batch) * share) - blind))
 
 
+def blind_params(params: SamplingParams, eval_k: int) -> SamplingParams:
+    """The sampling settings of blind items: ``eval_k`` responses (0: the same K as others)."""
+    return dataclasses.replace(params, k=eval_k) if eval_k else params
+
+
 def mix(
     first: Sequence[Sequence[Sample]],
     second: Sequence[Sequence[Sample]],

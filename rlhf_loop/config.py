@@ -191,6 +191,9 @@ class Settings:
     # Cross-version pairs after which an undecided candidate is left to the operator; the
     # verdict's sequential bar is lowest here (rlhf_loop.arena.sequential).
     eval_max_comparisons: int = 400
+    # Responses in a blind item (half from each version); 0: k. More responses give more
+    # cross-version pairs per ranking, so a verdict needs fewer blind rankings.
+    eval_k: int = 0
     # Under "immediate": roll a live version back when people prefer its parent.
     auto_rollback: bool = True
 
@@ -286,6 +289,10 @@ class Settings:
             ),
             (0 <= self.eval_share <= 1, "eval_share must be in [0, 1]"),
             (self.eval_max_comparisons >= 1, "eval_max_comparisons must be >= 1"),
+            (
+                self.eval_k == 0 or 2 <= self.eval_k <= 9,
+                "eval_k must be 0 (same as k) or between 2 and 9",
+            ),
             (self.reward_model_weight >= 0, "reward_model_weight must be >= 0 (0: functions only)"),
             (self.verifier_max_words >= 0, "verifier_max_words must be >= 0"),
             (bool(self.model.strip()), "model must name 'demo', a Hugging Face id or a path"),

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 import torch
 
-from rlhf_loop.blind_items import add_blind_items, blind_count
+from rlhf_loop.blind_items import add_blind_items, blind_count, blind_params
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import decide, standings, undecided, verdict_figures
 from rlhf_loop.job_runner import JobContext, JobError
@@ -119,7 +119,8 @@ def _sample_items(db, settings: Settings, policy: LivePolicy, params, n: int, se
     pair = blind_pair(db, settings.model) if settings.eval_share > 0 else None
     if pair is not None:
         count = blind_count(db, (pair[0]["version"], pair[1]["version"]), n, settings.eval_share)
-        add_blind_items(db, policy, live, pair, batch[:count], params, random.Random(seed))
+        blind = blind_params(params, settings.eval_k)
+        add_blind_items(db, policy, live, pair, batch[:count], blind, random.Random(seed))
         batch = batch[count:]
     samples = sample_responses(model, tokenizer, [text for _, text in batch], params)
     add_comparisons(db, version, [i for i, _ in batch], samples, params.record(settings.model))

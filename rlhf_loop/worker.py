@@ -223,7 +223,7 @@ def _run_one_job(db, settings: Settings, beat: Heartbeat, policy_path: str) -> b
 
 def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bool:
     """Sample one batch if fewer than ``queue_depth`` slots are free; False when none was due."""
-    from rlhf_loop.blind_items import add_blind_items
+    from rlhf_loop.blind_items import add_blind_items, blind_params
     from rlhf_loop.config import ConfigError
     from rlhf_loop.model.loader import ModelLoadError
     from rlhf_loop.sampler import sample_responses
@@ -265,7 +265,13 @@ def _top_up_queue(db, settings: Settings, beat: Heartbeat, policy, params) -> bo
         pair, count = blind
         try:
             add_blind_items(
-                db, policy, live, pair, batch[:count], params, random.Random(time.time_ns())
+                db,
+                policy,
+                live,
+                pair,
+                batch[:count],
+                blind_params(params, settings.eval_k),
+                random.Random(time.time_ns()),
             )
             batch = batch[count:]
         except (ModelLoadError, OSError, ValueError) as exc:

@@ -12,7 +12,7 @@ import torch
 from job_helpers import job_context
 from store_helpers import add_texts, fresh_db, oracle_rankings
 
-from rlhf_loop.blind_items import add_blind_items, blind_count, mix
+from rlhf_loop.blind_items import add_blind_items, blind_count, blind_params, mix
 from rlhf_loop.config import Settings
 from rlhf_loop.human_verdicts import blind_rankings, decide, standings
 from rlhf_loop.job_runner import JobError
@@ -103,7 +103,11 @@ def test_blind_items_make_up_the_configured_share_over_batches(tmp_path: Path) -
     assert 0 < min(made) <= max(made) <= 2
 
 
-def test_worker_samples_blind_items_from_both_models(tmp_path: Path, demo_model_path: Path) -> None:
+@pytest.mark.parametrize("eval_k, per_version", [(0, 2), (6, 3)])
+def test_worker_samples_blind_items_from_both_models(
+    tmp_path: Path, demo_model_path: Path, eval_k: int, per_version: int
+) -> None:
+    """Half of a blind item's responses from each version: K = 4 as other items, or eval_k."""
     db = fresh_db(tmp_path)
     torch.manual_seed(0)
     policy = new_policy(str(demo_model_path), "cpu", lora_r=4)
@@ -118,12 +122,13 @@ def test_worker_samples_blind_items_from_both_models(tmp_path: Path, demo_model_
     sampler = LivePolicy(str(demo_model_path), "cpu")
     pair = blind_pair(db, MODEL)
     params = SamplingParams(4, 1.0, 1.0, 0, 12)
-    ids = add_blind_items(db, sampler, base, pair, prompts, params, random.Random(1))
+    blind = blind_params(params, eval_k)
+    ids = add_blind_items(db, sampler, base, pair, prompts, blind, random.Random(1))
     assert sampler.version == 0 and sampler._other[0] == 1  # the live model and the candidate
     for comparison_id in ids:
         comparison = db["comparisons"].get(comparison_id)
         gens = [db["generations"].get(g) for g in json.loads(comparison["generation_ids"])]
-        assert sorted(g["policy_version"] for g in gens) == [0, 0, 1, 1]
+        assert sorted(g["policy_version"] for g in gens) == [0] * per_version + [1] * per_version
 
 
 @pytest.mark.parametrize("preferred, outcome", [(1, "promoted"), (0, "rejected")])
