@@ -8,9 +8,10 @@ run measures the same rows. Per size:
 - Rank page: ``submit`` then ``next_task`` for ``--items`` items by an annotator with a long
   history (the figure an annotator waits on), and the same plus what the page's header asks
   (guidelines, progress, tasks left);
-- Dashboard: every store call the page makes, called directly: cold (the first render of a
-  server process), after the Rank page's new rankings and an undo arrived (a render while
-  people rank), and once more with nothing new;
+- Dashboard: every store call the page makes, called directly: cold (the first render ever,
+  with no saved agreement tally), restarted (the first render of a new server process, taking up
+  the tally the first one saved), after the Rank page's new rankings and an undo arrived (a
+  render while people rank), and once more with nothing new;
 - exports (full rankings, TRL pairs, SFT demonstrations), each in its own process writing a
   file: seconds, and how far the process's peak RSS rose over its size after imports.
 
@@ -191,6 +192,9 @@ def measure(cache: Path, size: int, items: int) -> dict[str, Any]:
         forget_tallies()
         cold = dashboard(db)
         print(f"{size}: dashboard cold {cold['total']:.2f} s", flush=True)
+        forget_tallies()  # a restarted server: the tally saved by the first render is there
+        restarted = dashboard(db)
+        print(f"{size}: dashboard after a restart {restarted['total']:.2f} s", flush=True)
         rank = rank_page(db, items)
         print(f"{size}: rank page {rank}", flush=True)
         undo_last(db, BENCH_ANNOTATOR)
@@ -205,7 +209,12 @@ def measure(cache: Path, size: int, items: int) -> dict[str, Any]:
         "rankings": built["rankings"],
         "store": built,
         "rank_page": rank,
-        "dashboard": {"cold": cold, "after_new_rankings": changed, "unchanged": unchanged},
+        "dashboard": {
+            "cold": cold,
+            "restarted": restarted,
+            "after_new_rankings": changed,
+            "unchanged": unchanged,
+        },
         "agreement_tally_mb": tally_memory,
         "exports": exports,
         "load_average_before": load_before,
@@ -226,7 +235,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         "submit + next item, p95": [r["rank_page"]["submit_next"]["p95_ms"] for r in results],
         "Rank page store calls, median": [r["rank_page"]["page"]["median_ms"] for r in results],
     }
-    for stage in ("cold", "after_new_rankings", "unchanged"):
+    for stage in ("cold", "restarted", "after_new_rankings", "unchanged"):
         lines[f"Dashboard, {stage.replace('_', ' ')}"] = [
             1000 * r["dashboard"][stage]["total"] for r in results
         ]

@@ -364,6 +364,31 @@ class AgreementTally:
             tau[i][j] = tau[j][i] = _exact_mean(taus)[1]
         return PairwiseTau(annotators, tau, items)
 
+    def state(self) -> dict[str, Any]:
+        """Everything the tally holds, as JSON-able data (floats round-trip exactly), so a new
+        process can take it up instead of going over every item again."""
+        return {
+            "judged": self._judged,
+            "ordered": self._ordered,
+            "shared": self._shared,
+            "consensus": {a: list(taus.items()) for a, taus in self._consensus.items()},
+            "pairs": [[a, b, list(taus.items())] for (a, b), taus in self._pairs.items()],
+            "coincidences": [[*key, n] for key, n in self._coincidences.items()],
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> AgreementTally:
+        """The tally ``state()`` described."""
+        tally = cls()
+        tally._judged, tally._ordered = dict(state["judged"]), dict(state["ordered"])
+        tally._shared = int(state["shared"])
+        for a, taus in state["consensus"].items():
+            tally._consensus[a] = {tau: n for tau, n in taus}
+        for a, b, taus in state["pairs"]:
+            tally._pairs[(a, b)] = {tau: n for tau, n in taus}
+        tally._coincidences = {(m, c, k): n for m, c, k, n in state["coincidences"]}
+        return tally
+
     def figures(self) -> AgreementFigures:
         return AgreementFigures(
             alpha=ordinal_alpha(self._coincidences) if self._shared else None,

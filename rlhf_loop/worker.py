@@ -42,6 +42,9 @@ FAILED_EVENT = "worker_failed"
 TOKEN_ENV = "RLHF_LOOP_WORKER_TOKEN"
 IDLE_POLL_S = 0.5
 DISK_FULL_PAUSE_S = 1.0  # between attempts while the disk is full
+# Between the idle worker's updates of the Dashboard's saved agreement tally (agreement_cache):
+# it is there, built, before anyone opens the Dashboard, and at most this stale.
+AGREEMENT_REFRESH_S = 300.0
 
 
 class AppExited(BaseException):
@@ -123,6 +126,7 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     # Heavy imports after the lease: a worker that loses the race exits without loading torch.
     from rlhf_loop.model.loader import resolve_model_path
     from rlhf_loop.sampler import LivePolicy, SamplingParams
+    from rlhf_loop.store.agreement_cache import training_agreement
     from rlhf_loop.store.versions import live_policy
 
     if settings.seed_demo_prompts:
@@ -141,7 +145,7 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
     params = SamplingParams.from_settings(settings)
     selector = _selector(settings)
     verdicts = HumanVerdicts(settings)
-    idle_since = time.monotonic()
+    idle_since = agreement_due = time.monotonic()
     while not beat.lost.is_set():
         beat.stop_if_orphaned()
         try:
@@ -163,6 +167,10 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
             continue
         if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
             return
+        if time.monotonic() >= agreement_due:
+            beat.report("bringing the Dashboard's agreement figures up to date")
+            training_agreement(db)
+            agreement_due = time.monotonic() + AGREEMENT_REFRESH_S
         time.sleep(IDLE_POLL_S)
 
 

@@ -115,6 +115,8 @@ def test_worker_fills_the_queue_and_records_how_it_sampled(
     assert "another worker holds the lease" in second.stdout
     assert first.wait(timeout=120) == 0
     assert free_slots(db, overlap=1, assignment_timeout_s=600) >= 6
+    # Idle, it saved the Dashboard's agreement tally for the app's first render to take up.
+    assert (tmp_path / "rlhf.db.agreement.npz").exists()
     comparisons = list(db["comparisons"].rows_where("gold_ranks IS NULL"))
     assert all(c["k"] == 3 and c["policy_version"] == 0 for c in comparisons)
     # The gold responses' estimated token counts were replaced by the policy tokenizer's.

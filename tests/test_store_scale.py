@@ -18,7 +18,8 @@ from rlhf_loop import export
 from rlhf_loop.agreement import tally
 from rlhf_loop.export import export_jsonl
 from rlhf_loop.export_sft import export_sft_jsonl
-from rlhf_loop.store.agreement_cache import training_agreement
+from rlhf_loop.store import agreement_cache
+from rlhf_loop.store.agreement_cache import forget_tallies, training_agreement
 from rlhf_loop.store.annotators import SIMULATED, annotator_id
 from rlhf_loop.store.backup import restore, snapshot_bytes
 from rlhf_loop.store.db import open_db
@@ -216,6 +217,66 @@ def test_the_dashboards_agreement_stays_exact_as_rankings_arrive(tmp_path: Path)
     rank(people[2], 1)
     assert training_agreement(db) == _from_scratch(db)
     assert training_agreement(db).shared_items > 0
+
+
+def _full_reads(statements: list[str]) -> list[str]:
+    """The statements that read every item's rankings (a build), not named items'."""
+    return [
+        s for s in statements if "ORDER BY r.comparison_id" in s and "r.comparison_id IN (" not in s
+    ]
+
+
+def test_a_new_process_takes_up_the_saved_tally_and_redoes_only_what_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agreement_cache, "SAVE_AFTER_ITEMS", 3)
+    db = fresh_db(tmp_path)
+    make_comparisons(db, 12, k=3)
+    people = [annotator_id(db, n) for n in ["ada", "bob", "cat"]]
+    rng = random.Random(1)
+
+    def rank(who: int, n: int) -> None:
+        for _ in range(n):
+            task = next_task(db, who, 3, TIMEOUT)
+            submit(db, who, task.comparison_id, "ranked", rng.sample([1, 2, 3], 3))
+
+    for who in people:
+        rank(who, 5)
+    saved = tmp_path / "rlhf.db.agreement.npz"
+    snapshot = snapshot_bytes(tmp_path / "rlhf.db")
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    assert training_agreement(db) == _from_scratch(db) and saved.exists()  # built, then saved
+    assert len(_full_reads(statements)) == 1
+
+    # A restarted server: the saved tally, then only the items changed since it was saved.
+    for change in (lambda: rank(people[0], 2), lambda: undo_last(db, people[1]), lambda: None):
+        change()
+        forget_tallies()
+        statements.clear()
+        assert training_agreement(db) == _from_scratch(db)
+        assert _full_reads(statements) == []
+    rank(people[2], 4)  # 4 items redone: past SAVE_AFTER_ITEMS, so saved again
+    training_agreement(db)
+    forget_tallies()
+    statements.clear()
+    assert training_agreement(db) == _from_scratch(db)
+    assert not [s for s in statements if "r.comparison_id IN (" in s]  # nothing left to redo
+
+    # Files that cannot be trusted are built again: unreadable, or of rows since restored.
+    saved.write_bytes(b"PK\x03\x04 not a tally")
+    forget_tallies()
+    statements.clear()
+    assert training_agreement(db) == _from_scratch(db)
+    assert len(_full_reads(statements)) == 1
+    stale = saved.read_bytes()
+    restore(db, snapshot, tmp_path / "backups")
+    saved.write_bytes(stale)  # a tally of the rows before the restore
+    forget_tallies()
+    statements.clear()
+    assert training_agreement(db) == _from_scratch(db)
+    assert len(_full_reads(statements)) == 1
+    db.conn.set_trace_callback(None)
 
 
 def _export_peak(db_path: Path, write) -> int:
