@@ -47,8 +47,12 @@ CORRECTNESS_SAMPLES = 32
 # The loop as people run it: candidates wait for people's verdict on blind items. While one
 # waits every item is blind (blind rankings train the reward model like any other), since the
 # verdict is what the loop waits on: a gain of 16 points needs about 128 blind rankings
-# (bench/out/verdict_power.json). The simulated operator rejects a candidate people cannot tell
-# apart within 512 blind pairs (two iterations), so the loop moves on instead of waiting.
+# (bench/out/verdict_power.json). Blind items hold 6 responses, 3 per version: 9 cross-version
+# pairs per ranking where 4 responses give 4. With 4, one seed in six (seed 5) got no verdict on
+# a first round's version within 128 blind rankings and ended where it began; with 6, it was
+# adopted in the third iteration (bench/out/demo_arithmetic_human.json). The simulated operator
+# rejects a candidate people cannot tell apart within 1152 blind pairs (128 rankings, two
+# iterations), so the loop moves on instead of waiting.
 # A KL coefficient of 0.3 (not the loop's 0.15) made the first round's version more often right
 # in each of 3 seeds (0.79 / 0.77 / 0.80 against 0.77 / 0.74 / 0.76, at less KL; 0.6: 0.74 /
 # 0.76 / 0.77): held near the base, the policy stays where the likelihood-based reward model
@@ -56,7 +60,8 @@ CORRECTNESS_SAMPLES = 32
 HUMAN_DEMO_SETTINGS = DEMO_LOOP_SETTINGS | {
     "policy_adoption": "human",
     "eval_share": 1.0,
-    "eval_max_comparisons": 512,
+    "eval_max_comparisons": 1152,
+    "eval_k": 6,
     "ppo_kl_coef": 0.3,
 }
 
