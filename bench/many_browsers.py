@@ -12,10 +12,16 @@ the server is SIGKILLed mid-window and started again on the same port; every pag
 by itself, show an item after a reload and take the next ranking, and nothing acknowledged may be
 missing from the database.
 
-    nice -n 10 python bench/many_browsers.py [--sessions 1 5 10 15] [--window 45]
-                                             [--restart-sessions 10]
+``--think S`` paces each annotator as a person: before each ranking it reads for S seconds (drawn
+uniformly from 0.5 S to 1.5 S), so N sessions ask for about N / S rankings a second. Without it
+they rank as fast as the page allows, which measures throughput, not how many people a server
+holds: there chromium's N pages, on the same cores, are most of the load.
 
-Writes bench/out/many_browsers.json and bench/out/many_browsers.png (p50/p95 against N).
+    nice -n 10 python bench/many_browsers.py [--sessions 1 5 10 15] [--window 45]
+                                             [--restart-sessions 10] [--think 0]
+
+Writes bench/out/many_browsers.json and .png (p50/p95 against N); with --think S,
+many_browsers_think<S>.json and .png.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -120,10 +127,15 @@ async def shown_item(page, old: str | None, timeout_ms: float = ITEM_TIMEOUT_MS)
     return await handle.json_value()
 
 
+# Pages opening at once: dozens loading together on 2 cores time out (people arrive one by one).
+_OPENING = asyncio.Semaphore(4)
+
+
 async def open_session(browser, url: str, name: str) -> tuple[object, str]:
-    page = await (await browser.new_context()).new_page()
-    await page.goto(f"{url}/?annotator={name}")
-    return page, await shown_item(page, None, 120_000)
+    async with _OPENING:
+        page = await (await browser.new_context()).new_page()
+        await page.goto(f"{url}/?annotator={name}", timeout=120_000)
+        return page, await shown_item(page, None, 120_000)
 
 
 async def submit(page) -> None:
@@ -137,11 +149,21 @@ async def submit(page) -> None:
 
 
 async def rank_until(
-    page, item: str, session: Session, stop_at: float, timeout_ms: float = ITEM_TIMEOUT_MS
+    page,
+    item: str,
+    session: Session,
+    stop_at: float,
+    timeout_ms: float = ITEM_TIMEOUT_MS,
+    think_s: float = 0.0,
 ) -> str:
-    """Ranks item after item until ``stop_at``; the last submit is awaited, so every submit made
-    is acknowledged or an error."""
+    """Ranks item after item until ``stop_at``, reading each for about ``think_s``; the last
+    submit is awaited, so every submit made is acknowledged or an error."""
+    rng = random.Random(session.name)
     while time.monotonic() < stop_at:
+        if think_s:
+            await asyncio.sleep(rng.uniform(0.5, 1.5) * think_s)
+            if time.monotonic() >= stop_at:
+                break
         await submit(page)
         started = time.perf_counter()
         item = await shown_item(page, item, timeout_ms)
@@ -175,7 +197,9 @@ def stored(db_path: Path, names: list[str]) -> dict[str, object]:
     return {"per_name": per_name, "duplicate_pairs": twice, "items_ranked_twice": served_twice}
 
 
-async def crowd(browser, server: Server, db_path: Path, n: int, window_s: float) -> dict:
+async def crowd(
+    browser, server: Server, db_path: Path, n: int, window_s: float, think_s: float
+) -> dict:
     """N sessions rank for ``window_s``; the figures for this N."""
     sessions = [Session(f"n{n}-annotator{i}") for i in range(n)]
     opened = await asyncio.gather(*(open_session(browser, server.url, s.name) for s in sessions))
@@ -184,7 +208,7 @@ async def crowd(browser, server: Server, db_path: Path, n: int, window_s: float)
     stop_at = started + window_s
     await asyncio.gather(
         *(
-            rank_until(page, item, s, stop_at)
+            rank_until(page, item, s, stop_at, think_s=think_s)
             for (page, item), s in zip(opened, sessions, strict=True)
         )
     )
@@ -304,7 +328,9 @@ async def run_all(args: argparse.Namespace, workdir: Path, env: dict[str, str]) 
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             for n in args.sessions:
-                figures = await crowd(browser, server, workdir / "rlhf.db", n, args.window)
+                figures = await crowd(
+                    browser, server, workdir / "rlhf.db", n, args.window, args.think
+                )
                 result["per_n"].append(figures)
                 print(
                     f"N={n:2d}: {figures['acknowledged']} acknowledged, {figures['stored']} "
@@ -352,13 +378,17 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=45.0, help="seconds each N ranks")
     parser.add_argument("--restart-sessions", type=int, default=10)
     parser.add_argument("--items", type=int, default=6000)
+    parser.add_argument("--think", type=float, default=0.0, help="seconds each item is read")
     args = parser.parse_args()
     result: dict = {
         "niceness": os.nice(0),
         "cpus": os.cpu_count(),
-        "note": "shared machine: other jobs ran meanwhile; chromium runs on the same cores",
+        # chromium, the server and the worker share the machine's cores; the load averages
+        # say whether anything else did
+        "note": "chromium runs on the same cores as the server and the worker",
         "load_average_before": os.getloadavg(),
         "window_s": args.window,
+        "think_s": args.think,
     }
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -380,8 +410,9 @@ def main() -> None:
     result["holds_sessions_p95_under_1s"] = max(held, default=0)
     result["load_average_after"] = os.getloadavg()
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "many_browsers.json").write_text(json.dumps(result, indent=2))
-    plot(result["per_n"], OUT / "many_browsers.png")
+    name = f"many_browsers_think{args.think:g}" if args.think else "many_browsers"
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(result["per_n"], OUT / f"{name}.png")
     print(f"one server holds {result['holds_sessions_p95_under_1s']} sessions with p95 < 1 s")
 
 
