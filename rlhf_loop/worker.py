@@ -26,6 +26,7 @@ import math
 import os
 import random
 import socket
+import sqlite3
 import threading
 import time
 import uuid
@@ -169,7 +170,10 @@ def _serve(db, settings: Settings, beat: Heartbeat, idle_exit_s: float | None) -
             return
         if time.monotonic() >= agreement_due:
             beat.report("bringing the Dashboard's agreement figures up to date")
-            training_agreement(db)
+            try:
+                training_agreement(db)
+            except (StoreError, sqlite3.Error, OSError) as exc:  # only a head start: never fatal
+                beat.report(f"agreement figures not brought up to date: {exc}")
             agreement_due = time.monotonic() + AGREEMENT_REFRESH_S
         time.sleep(IDLE_POLL_S)
 
