@@ -276,6 +276,10 @@ def test_a_new_process_takes_up_the_saved_tally_and_redoes_only_what_changed(
     statements.clear()
     assert training_agreement(db) == _from_scratch(db)
     assert len(_full_reads(statements)) == 1
+    forget_tallies()  # the tally saved after the restore is taken up like any other
+    statements.clear()
+    assert training_agreement(db) == _from_scratch(db)
+    assert _full_reads(statements) == []
     db.conn.set_trace_callback(None)
 
 
