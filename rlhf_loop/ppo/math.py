@@ -575,13 +575,19 @@ def ema_update(
 
 
 def minibatch_indices(
-    n: int, minibatch_size: int, generator: torch.Generator | None = None
+    n: int,
+    minibatch_size: int,
+    generator: torch.Generator | None = None,
+    groups: Tensor | None = None,
 ) -> list[Tensor]:
     """One epoch's shuffled minibatches: every index in [0, n) exactly once.
 
     Call once per PPO epoch for a fresh order. The last minibatch is smaller when
     ``minibatch_size`` does not divide n; losses are token means, so it is not over-weighted per
-    token, and no sample of the rollout is wasted.
+    token, and no sample of the rollout is wasted. With ``groups`` (a label per index, e.g. its
+    prompt) the groups are shuffled and each group's indices stay next to each other, so a
+    minibatch holds whole groups (but where a group straddles two): a packed forward pass reads
+    each group's prompt once for all its samples (``ppo.packing``).
     """
     if n < 0 or minibatch_size < 1:
         raise ValueError("need n >= 0 and minibatch_size >= 1")
@@ -590,4 +596,10 @@ def minibatch_indices(
     # Drawn where the generator lives (the rollout's CUDA generator works too), returned on the CPU,
     # which indexes tensors on either device.
     device = generator.device if generator is not None else None
-    return list(torch.randperm(n, generator=generator, device=device).cpu().split(minibatch_size))
+    if groups is None:
+        order = torch.randperm(n, generator=generator, device=device).cpu()
+    else:
+        group = torch.unique(groups.cpu(), return_inverse=True)[1]
+        place = torch.randperm(int(group.max()) + 1, generator=generator, device=device).cpu()
+        order = torch.sort(place[group], stable=True).indices
+    return list(order.split(minibatch_size))

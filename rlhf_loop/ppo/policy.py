@@ -210,7 +210,7 @@ def merged_model(base_path: str, version_dir: str | Path, out_dir: Path) -> Path
     return out_dir
 
 
-def _no_dropout(policy: Policy) -> None:
+def no_dropout(policy: Policy) -> None:
     """PPO never trains with dropout: rollout, old and new log-probs, the reference and every
     evaluation must see one distribution (with dropout 0.1 a fresh adapter's KL read -1.4)."""
     if policy.model.training:
@@ -224,7 +224,7 @@ def forward(
 
     The value head reads the last hidden state in float32 (the backbone may run in bfloat16).
     """
-    _no_dropout(policy)
+    no_dropout(policy)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = policy.model(
         input_ids=input_ids,
@@ -275,24 +275,32 @@ def merged_adapter(policy: Policy) -> Iterator[None]:
             layer.merged_adapters.remove(name)
 
 
+@contextmanager
+def reference_weights(policy: Policy) -> Iterator[None]:
+    """The reference active for the forward passes inside: the bare base (adapter disabled), or
+    the EMA adapter when that option is on."""
+    if not policy.ema_reference:
+        # peft's own ``disable_adapter`` first surveys every layer's state (2 ms a call on the
+        # demo model, twice a step); the policy's layers are all enabled, so switch them alone
+        policy.model.base_model.disable_adapter_layers()
+        try:
+            yield
+        finally:
+            policy.model.base_model.enable_adapter_layers()
+        return
+    policy.model.set_adapter(REFERENCE)
+    try:
+        yield
+    finally:
+        policy.model.set_adapter("default")
+        for p in policy.adapter_parameters(REFERENCE):  # set_adapter made them trainable
+            p.requires_grad_(False)
+
+
 @torch.no_grad()
 def reference_logits(
     policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
-    """Logits of the reference: the bare base, or the EMA adapter when that option is on."""
-    _no_dropout(policy)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    if policy.ema_reference:
-        policy.model.set_adapter(REFERENCE)
-        try:
-            return policy.model(
-                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-            ).logits
-        finally:
-            policy.model.set_adapter("default")
-            for p in policy.adapter_parameters(REFERENCE):
-                p.requires_grad_(False)
-    with policy.model.disable_adapter():
-        return policy.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
-        ).logits
+    """Logits of the reference at every position of query+response."""
+    with reference_weights(policy):
+        return forward(policy, input_ids, attention_mask, with_values=False)[0]

@@ -53,6 +53,11 @@ class Rollout:
 
         return Rollout(**{f.name: kept(getattr(self, f.name)) for f in fields(self)})
 
+    def prompt_index(self) -> torch.Tensor:
+        """[B] the same number for the rows that answer the same prompt."""
+        first: dict[str, int] = {}
+        return torch.tensor([first.setdefault(p, len(first)) for p in self.prompts])
+
     def response_slice(self, per_position: torch.Tensor) -> torch.Tensor:
         """The positions whose outputs predict (or value) the response tokens."""
         start = self.query_ids.shape[1] - 1

@@ -190,7 +190,7 @@ def _prefill(
         position_ids=(attention_mask[rows].cumsum(-1) - 1).clamp_(min=0),
         use_cache=True,
         output_hidden_states=hidden,
-        **_last_logits_only(model),
+        **last_logits_only(model),
     )
     logits = out.logits[:, -1]
     last_hidden = out.hidden_states[-1][:, -1] if hidden else None
@@ -266,7 +266,7 @@ class _LiveRows:
         return new[keep]
 
 
-def _last_logits_only(model: torch.nn.Module) -> dict[str, int]:
+def last_logits_only(model: torch.nn.Module) -> dict[str, int]:
     """The prefill needs only the last position's logits; models that can skip the rest
     (``logits_to_keep``, most of transformers) save a [B, P, vocab] projection."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -29,7 +29,8 @@ from rlhf_loop.ppo.math import (
     token_rewards,
     value_loss,
 )
-from rlhf_loop.ppo.policy import REFERENCE, Policy, forward, reference_logits
+from rlhf_loop.ppo.packing import reference_response_logits, response_outputs
+from rlhf_loop.ppo.policy import REFERENCE, Policy, forward
 from rlhf_loop.ppo.ptx import PtxSource
 from rlhf_loop.ppo.rollout import Rollout
 from rlhf_loop.sft.loss import mean_response_nll
@@ -81,20 +82,17 @@ def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
             old_logp = batch.policy_logprobs.to(policy.device)
             old_values = batch.values.to(policy.device)
         else:
-            logits, values = forward(
-                policy, batch.input_ids, batch.attention_mask, with_values=True
-            )
-            old_logp = _response_logprobs(batch, logits)
-            old_values = batch.response_slice(values)
-        ref = reference_logits(policy, batch.input_ids, batch.attention_mask)
-        ref_logp = _response_logprobs(batch, ref)
+            logits, old_values = response_outputs(policy, batch, None, with_values=True)
+            old_logp = _logprobs(batch, logits)
+        ref_logp = _logprobs(batch, reference_response_logits(policy, batch))
     return old_logp, old_values, ref_logp
 
 
-def _response_logprobs(batch: Rollout, logits: torch.Tensor) -> torch.Tensor:
-    return logprobs_from_logits(
-        batch.response_slice(logits), batch.response_ids, temperature=batch.temperature
-    )
+def _logprobs(
+    batch: Rollout, logits: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    ids = batch.response_ids if rows is None else batch.response_ids[rows]
+    return logprobs_from_logits(logits, ids.to(logits.device), temperature=batch.temperature)
 
 
 def ppo_step(
@@ -131,7 +129,9 @@ def ppo_step(
     steps = state.world.most(math.ceil(len(scores) / hyper.minibatch))
     stats: dict[str, list[float]] = {}
     for _ in range(hyper.epochs):
-        minibatches = minibatch_indices(len(scores), hyper.minibatch, state.generator)
+        minibatches = minibatch_indices(
+            len(scores), hyper.minibatch, state.generator, batch.prompt_index()
+        )
         for idx in minibatches:
             minibatch_stats = _update(
                 policy, batch, idx, old_logp, old_values, advantages, returns, state, hyper
@@ -177,14 +177,8 @@ def _update(
     hyper: PPOHyper,
 ) -> dict[str, float]:
     mask = batch.response_mask[idx].to(policy.device)
-    logits, values = forward(
-        policy, batch.input_ids[idx], batch.attention_mask[idx], with_values=True
-    )
-    response_logits = batch.response_slice(logits)
-    new_logp = logprobs_from_logits(
-        response_logits, batch.response_ids[idx], temperature=batch.temperature
-    )
-    new_values = batch.response_slice(values)
+    response_logits, new_values = response_outputs(policy, batch, idx, with_values=True)
+    new_logp = _logprobs(batch, response_logits, idx)
     pg_loss, pg_stats = policy_loss(new_logp, old_logp[idx], advantages[idx], mask, hyper.clip)
     vf_loss, vf_stats = value_loss(
         new_values, old_values[idx], returns[idx], mask, hyper.clip_value

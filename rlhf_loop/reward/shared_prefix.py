@@ -63,15 +63,8 @@ class PackedRankings:
         )
 
     def attention_mask(self) -> torch.Tensor:
-        """[R, 1, T, T], True where a query may attend to a key: causally, within its own
-        exchange or the shared start; padding attends only to itself (no empty row)."""
-        query = self.segments[:, :, None]
-        key = self.segments[:, None, :]
-        width = self.segments.shape[1]
-        causal = torch.ones(width, width, dtype=torch.bool, device=key.device).tril()
-        allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
-        allowed |= torch.eye(width, dtype=torch.bool, device=key.device)
-        return allowed[:, None]
+        """[R, 1, T, T]: causally, within its own exchange or the shared start."""
+        return block_causal_mask(torch.where(self.segments >= 0, 0, -1), self.segments)
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {
@@ -79,6 +72,19 @@ class PackedRankings:
             "attention_mask": self.attention_mask(),
             "position_ids": self.position_ids,
         }
+
+
+def block_causal_mask(groups: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """[R, 1, T, T] from [R, T] labels, True where a query may attend to a key: causally, within
+    its group (-1: padding), to the group's shared start (member 0) or to its own member's
+    tokens. Padding attends only to itself, so no row of the mask is empty."""
+    width = groups.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=groups.device).tril()
+    same_group = (groups[:, :, None] == groups[:, None, :]) & (groups[:, None, :] >= 0)
+    key_member = members[:, None, :]
+    allowed = causal & same_group & ((key_member == 0) | (key_member == members[:, :, None]))
+    allowed |= torch.eye(width, dtype=torch.bool, device=groups.device)
+    return allowed[:, None]
 
 
 def common_start(rows: list[list[int]]) -> int:

@@ -1,0 +1,166 @@
+"""PPO's forward passes over a rollout with each prompt read once and no padding in between.
+
+The plain batch (``Rollout.input_ids``) is every sample's prompt, left-padded to the longest
+prompt, then its response, right-padded to the longest response: on the demo's rollouts (16
+prompts x 2 samples) 1,120 positions for 630 real tokens, and each prompt run once per sample.
+Packed, the samples of one prompt share one copy of it: the prompt, then each sample's response
+after it, under a block attention mask (a response sees its prompt and itself, never a sibling),
+with position ids restarting after the prompt for each response, so every response token sees
+what it sees in the plain batch at the same positions: the same log-probs, values and gradients
+to float rounding, from about 450 positions. Groups are laid one after another in rows of at
+most the hidden size (a group that is longer gets a row of its own): attention costs grow with a
+row's width and the linear layers' with the hidden size, so at that width attention adds at most
+about a sixth to the linear layers' work.
+
+The LM head runs only where a response token is predicted (the prompt's positions need none).
+That reads the head as a plain projection of the last hidden state; a model whose logits are
+anything else (Gemma 2's soft-capping, Granite's scaling), one not run by scaled-dot-product
+attention (the kernel that reads a 4D boolean mask as it is) and an encoder keep the plain batch:
+``packs_responses`` checks each policy model once.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_loop.ppo.policy import Policy, forward, no_dropout, reference_weights
+from rlhf_loop.ppo.rollout import Rollout
+from rlhf_loop.ppo.rollout_sampling import last_logits_only
+from rlhf_loop.reward.shared_prefix import block_causal_mask, shares_prefixes
+
+_PACKS: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class PackedResponses:
+    """R rows of packed prompt groups. ``groups`` labels each column with its group in the row
+    (-1 on padding), ``members`` with 0 on the prompt and i + 1 on the group's i-th response;
+    ``at`` holds, for each packed sample and response position t, the (row, column) whose
+    output predicts response token t (past a response's end: a column of its own group)."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    groups: torch.Tensor
+    members: torch.Tensor
+    at: tuple[torch.Tensor, torch.Tensor]  # [n, T] each
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": block_causal_mask(self.groups, self.members),
+            "position_ids": self.position_ids,
+        }
+
+
+def pack_responses(batch: Rollout, rows: torch.Tensor, width: int) -> PackedResponses:
+    """The samples ``rows`` of ``batch`` packed: each distinct prompt among them once, followed
+    by their responses up to and including the end token; groups in order of first appearance,
+    in rows of at most ``width`` positions."""
+    prompt_of = batch.prompt_index().tolist()
+    lengths = batch.response_mask.sum(-1).tolist()
+    members: dict[int, list[int]] = {}
+    for i in rows.tolist():
+        members.setdefault(prompt_of[i], []).append(i)
+    packed: list[tuple[list[int], list[int], list[int], list[int]]] = []  # ids, pos, group, member
+    at_row: dict[int, int] = {}
+    at_columns: dict[int, list[int]] = {}
+    for samples in members.values():
+        first = samples[0]
+        prompt = batch.query_ids[first][batch.query_mask[first].bool()].tolist()
+        size = len(prompt) + sum(lengths[i] for i in samples)
+        if not packed or len(packed[-1][0]) + size > width:
+            packed.append(([], [], [], []))
+        ids, positions, groups, member = packed[-1]
+        group = groups[-1] + 1 if groups else 0
+        last_prompt = len(ids) + len(prompt) - 1  # predicts every response's first token
+        ids += prompt
+        positions += range(len(prompt))
+        groups += [group] * len(prompt)
+        member += [0] * len(prompt)
+        for k, i in enumerate(samples, start=1):
+            start = len(ids)
+            ids += batch.response_ids[i][: lengths[i]].tolist()
+            positions += range(len(prompt), len(prompt) + lengths[i])
+            groups += [group] * lengths[i]
+            member += [k] * lengths[i]
+            at_row[i] = len(packed) - 1
+            at_columns[i] = [last_prompt, *range(start, start + lengths[i] - 1)]
+    w = max(len(row[0]) for row in packed)
+    fills = (0, 0, -1, -1)  # ids (any id: padding is attended by nothing), positions, labels
+    table = torch.tensor(
+        [[v + [f] * (w - len(v)) for v, f in zip(row, fills, strict=True)] for row in packed],
+        dtype=torch.long,
+    )  # [R, 4, W]
+    steps = batch.response_ids.shape[1]
+    order = rows.tolist()
+    at_r = torch.tensor([[at_row[i]] * steps for i in order], dtype=torch.long)
+    at_c = torch.tensor(
+        [at_columns[i] + [at_columns[i][-1]] * (steps - len(at_columns[i])) for i in order],
+        dtype=torch.long,
+    )
+    return PackedResponses(table[:, 0], table[:, 1], table[:, 2], table[:, 3], (at_r, at_c))
+
+
+def packs_responses(policy: Policy) -> bool:
+    """Whether packed rows give ``policy`` the plain batch's outputs: causal attention by the
+    sdpa kernel, and logits that are the output embedding of the last hidden state (checked
+    once per model on a few tokens)."""
+    model = policy.model
+    if model not in _PACKS:
+        _PACKS[model] = shares_prefixes(model) and _head_reads_last_hidden(policy)
+    return _PACKS[model]
+
+
+@torch.no_grad()
+def _head_reads_last_hidden(policy: Policy) -> bool:
+    head = policy.model.get_output_embeddings()
+    if head is None or not last_logits_only(policy.model):
+        return False
+    ids = torch.arange(1, 9, device=policy.device).remainder(policy.model.config.vocab_size)[None]
+    mask = torch.ones_like(ids)
+    out = policy.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return torch.allclose(
+        head(out.hidden_states[-1]).float(), out.logits.float(), rtol=1e-3, atol=1e-3
+    )
+
+
+def row_width(policy: Policy) -> int:
+    config = policy.model.config
+    return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
+
+
+def response_outputs(
+    policy: Policy, batch: Rollout, rows: torch.Tensor | None, with_values: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits [n, T, V] (and values [n, T]) at the positions that predict the response tokens
+    of the samples ``rows`` (None: all), under whatever weights are active (see
+    ``reference_weights``). Positions past a response's end hold outputs of no meaning."""
+    if rows is None:
+        rows = torch.arange(len(batch.texts))
+    if not packs_responses(policy):
+        logits, values = forward(
+            policy, batch.input_ids[rows], batch.attention_mask[rows], with_values
+        )
+        return batch.response_slice(logits), (
+            batch.response_slice(values) if values is not None else None
+        )
+    no_dropout(policy)
+    packed = pack_responses(batch, rows, row_width(policy))
+    device = policy.device
+    out = policy.model(
+        **{k: v.to(device) for k, v in packed.model_inputs().items()},
+        output_hidden_states=True,
+        logits_to_keep=1,
+    )
+    hidden = out.hidden_states[-1][packed.at[0].to(device), packed.at[1].to(device)]
+    logits = policy.model.get_output_embeddings()(hidden)
+    return logits, policy.values(hidden) if with_values else None
+
+
+def reference_response_logits(policy: Policy, batch: Rollout) -> torch.Tensor:
+    """The reference's logits [B, T, V] at the positions that predict every response token."""
+    with torch.no_grad(), reference_weights(policy):
+        return response_outputs(policy, batch, None, with_values=False)[0]
