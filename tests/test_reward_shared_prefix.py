@@ -13,10 +13,17 @@ from chat_models import build_chat_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from rlhf_loop.model.demo_corpus import demo_examples
+from rlhf_loop.ppo import scoring
+from rlhf_loop.ppo.scoring import score
 from rlhf_loop.reward.data import RankingExample, collate, reward_inputs
 from rlhf_loop.reward.likelihood import LikelihoodReward
 from rlhf_loop.reward.model import flat_rewards, load_backbone
-from rlhf_loop.reward.shared_prefix import common_start, pack_rankings, shares_prefixes
+from rlhf_loop.reward.shared_prefix import (
+    PackedRankings,
+    common_start,
+    pack_rankings,
+    shares_prefixes,
+)
 from rlhf_loop.reward.train import RewardTrainConfig, batch_loss, train_reward_model
 
 LONG_PROMPT = "Count with me: " + " ".join(f"{i} sheep" for i in range(80))
@@ -162,3 +169,35 @@ def test_packed_rows_need_no_more_positions_than_one_exchange(demo_model_path: P
     inputs = reward_inputs(tokenizer, ["Say words."] * 8, responses, 64)
     packed = pack_rankings(inputs, torch.zeros(8, dtype=torch.long), tokenizer.pad_token_id)
     assert packed.input_ids.shape[1] > 64 >= packed.position_ids.max() + 1
+
+
+@pytest.mark.parametrize("likelihood", [False, True])
+def test_ppo_scores_a_rollout_packed_as_the_plain_batch(
+    demo_model_path: Path, likelihood: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollout's samples of one prompt are scored with the prompt read once: the same scores
+    as one row per response, for prompts that repeat, alternate or come once."""
+    torch.manual_seed(0)
+    model, tokenizer = load_backbone(str(demo_model_path), "cpu", likelihood_prior=likelihood)
+    if not likelihood:
+        torch.nn.init.normal_(model.score.weight, std=0.5)
+    model.eval()
+    prompts = ["What is 2 + 3?", "What is 2 + 3?", "Name a colour.", LONG_PROMPT]
+    prompts += ["Name a colour.", "What is 2 + 3?"]
+    responses = ["5.", "It is 6.", "Blue.", "Cats purr.", "Red, like a rose.", ""]
+    layouts: list[type] = []
+
+    def spy(model: torch.nn.Module, inputs: object) -> torch.Tensor:
+        layouts.append(type(inputs))
+        return flat_rewards(model, inputs)
+
+    monkeypatch.setattr(scoring, "flat_rewards", spy)
+    packed_scores = score(model, tokenizer, {}, prompts, responses, max_length=64)
+    with torch.no_grad():
+        plain = flat_rewards(model, reward_inputs(tokenizer, prompts, responses, 64))
+    assert plain.std() > 0.05
+    assert torch.allclose(packed_scores, plain, atol=1e-4, rtol=1e-5)
+    assert layouts == [PackedRankings]
+    # chunks smaller than the batch split a prompt's samples and still score them the same
+    chunked = score(model, tokenizer, {}, prompts, responses, max_length=64, batch_size=4)
+    assert torch.allclose(chunked, plain, atol=1e-4, rtol=1e-5)

@@ -13,7 +13,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf_loop.reward.data import reward_inputs
+from rlhf_loop.reward.likelihood import LikelihoodReward
 from rlhf_loop.reward.model import flat_rewards, rewards_as_trained
+from rlhf_loop.reward.shared_prefix import pack_rankings, shares_prefixes
 
 MAX_UNSCORABLE_SHARE = 0.5
 
@@ -35,13 +37,15 @@ def score(
     """One reward per (prompt, response), on the CPU, on the scale the version's loss shaped
     (``meta`` is the version's metadata, which says how it was trained)."""
     scores = []
+    packed = shares_prefixes(model)
+    end_id = model.end_id if isinstance(model, LikelihoodReward) else None
     for start in range(0, len(prompts), batch_size):
-        inputs = reward_inputs(
-            tokenizer,
-            prompts[start : start + batch_size],
-            responses[start : start + batch_size],
-            max_length,
-        )
+        chunk = prompts[start : start + batch_size]
+        inputs = reward_inputs(tokenizer, chunk, responses[start : start + batch_size], max_length)
+        if packed:  # the samples of one prompt read it once (``reward.shared_prefix``)
+            first: dict[str, int] = {}
+            owner = torch.tensor([first.setdefault(p, len(first)) for p in chunk])
+            inputs = pack_rankings(inputs, owner, tokenizer.pad_token_id, end_id)
         scores.append(flat_rewards(model, inputs).cpu())
     return rewards_as_trained(torch.cat(scores), meta)
 
