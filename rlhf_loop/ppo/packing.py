@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlhf_loop.ppo.math import entropy_from_logits, logprobs_from_logits
 from rlhf_loop.ppo.policy import Policy, forward, no_dropout, reference_weights
 from rlhf_loop.ppo.rollout import Rollout
 from rlhf_loop.ppo.rollout_sampling import last_logits_only
@@ -132,20 +133,35 @@ def row_width(policy: Policy) -> int:
     return int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1024)
 
 
+@dataclass(frozen=True)
+class ResponseOutputs:
+    """Per response token [n, T] of the samples asked for, at the rollout's temperature; past a
+    response's end: 0 (packed) or values of no meaning (plain). Callers mask them."""
+
+    logprobs: torch.Tensor
+    values: torch.Tensor | None  # the value head's, where asked for
+    entropy: torch.Tensor | None  # no gradient; where asked for
+
+
 def response_outputs(
-    policy: Policy, batch: Rollout, rows: torch.Tensor | None, with_values: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits [n, T, V] (and values [n, T]) at the positions that predict the response tokens
-    of the samples ``rows`` (None: all), under whatever weights are active (see
-    ``reference_weights``). Positions past a response's end hold outputs of no meaning."""
+    policy: Policy,
+    batch: Rollout,
+    rows: torch.Tensor | None,
+    with_values: bool,
+    with_entropy: bool = False,
+) -> ResponseOutputs:
+    """Log-probs of the response tokens of the samples ``rows`` (None: all), with their values
+    and entropies, under whatever weights are active (see ``reference_weights``)."""
     if rows is None:
         rows = torch.arange(len(batch.texts))
+    tokens = batch.response_ids[rows].to(policy.device)
     if not packs_responses(policy):
         logits, values = forward(
             policy, batch.input_ids[rows], batch.attention_mask[rows], with_values
         )
-        return batch.response_slice(logits), (
-            batch.response_slice(values) if values is not None else None
+        logits = batch.response_slice(logits)
+        return _outputs(
+            logits, tokens, batch.temperature, with_entropy, batch.response_slice(values)
         )
     no_dropout(policy)
     packed = pack_responses(batch, rows, row_width(policy))
@@ -155,12 +171,45 @@ def response_outputs(
         output_hidden_states=True,
         logits_to_keep=1,
     )
-    hidden = out.hidden_states[-1][packed.at[0].to(device), packed.at[1].to(device)]
+    # the head only where a response token is predicted: [m, H] -> [m, V]
+    real = batch.response_mask[rows].bool().to(device)
+    hidden = out.hidden_states[-1][packed.at[0].to(device)[real], packed.at[1].to(device)[real]]
     logits = policy.model.get_output_embeddings()(hidden)
-    return logits, policy.values(hidden) if with_values else None
+    flat = _outputs(
+        logits[None],
+        tokens[real][None],
+        batch.temperature,
+        with_entropy,
+        policy.values(hidden)[None] if with_values else None,
+    )
+    return ResponseOutputs(
+        _spread(flat.logprobs, real), _spread(flat.values, real), _spread(flat.entropy, real)
+    )
 
 
-def reference_response_logits(policy: Policy, batch: Rollout) -> torch.Tensor:
-    """The reference's logits [B, T, V] at the positions that predict every response token."""
+def _outputs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float,
+    with_entropy: bool,
+    values: torch.Tensor | None,
+) -> ResponseOutputs:
+    logprobs = logprobs_from_logits(logits, tokens, temperature=temperature)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach(), temperature=temperature)
+    return ResponseOutputs(logprobs, values, entropy)
+
+
+def _spread(flat: torch.Tensor | None, real: torch.Tensor) -> torch.Tensor | None:
+    """[1, m] values of the real response tokens back to [n, T], zeros elsewhere."""
+    if flat is None:
+        return None
+    return flat.new_zeros(real.shape).index_put(real.nonzero(as_tuple=True), flat[0])
+
+
+def reference_logprobs(policy: Policy, batch: Rollout) -> torch.Tensor:
+    """The reference's log-probs [B, T] of every response token."""
     with torch.no_grad(), reference_weights(policy):
-        return response_outputs(policy, batch, None, with_values=False)[0]
+        return response_outputs(policy, batch, None, with_values=False).logprobs

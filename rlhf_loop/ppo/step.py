@@ -17,10 +17,8 @@ from rlhf_loop.ppo.math import (
     FixedKL,
     RunningMoments,
     ema_update,
-    entropy_from_logits,
     gae,
     kl_per_token,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     minibatch_indices,
@@ -29,7 +27,7 @@ from rlhf_loop.ppo.math import (
     token_rewards,
     value_loss,
 )
-from rlhf_loop.ppo.packing import reference_response_logits, response_outputs
+from rlhf_loop.ppo.packing import reference_logprobs, response_outputs
 from rlhf_loop.ppo.policy import REFERENCE, Policy, forward
 from rlhf_loop.ppo.ptx import PtxSource
 from rlhf_loop.ppo.rollout import Rollout
@@ -82,17 +80,10 @@ def old_outputs(policy: Policy, batch: Rollout) -> tuple[torch.Tensor, ...]:
             old_logp = batch.policy_logprobs.to(policy.device)
             old_values = batch.values.to(policy.device)
         else:
-            logits, old_values = response_outputs(policy, batch, None, with_values=True)
-            old_logp = _logprobs(batch, logits)
-        ref_logp = _logprobs(batch, reference_response_logits(policy, batch))
+            outputs = response_outputs(policy, batch, None, with_values=True)
+            old_logp, old_values = outputs.logprobs, outputs.values
+        ref_logp = reference_logprobs(policy, batch)
     return old_logp, old_values, ref_logp
-
-
-def _logprobs(
-    batch: Rollout, logits: torch.Tensor, rows: torch.Tensor | None = None
-) -> torch.Tensor:
-    ids = batch.response_ids if rows is None else batch.response_ids[rows]
-    return logprobs_from_logits(logits, ids.to(logits.device), temperature=batch.temperature)
 
 
 def ppo_step(
@@ -177,8 +168,8 @@ def _update(
     hyper: PPOHyper,
 ) -> dict[str, float]:
     mask = batch.response_mask[idx].to(policy.device)
-    response_logits, new_values = response_outputs(policy, batch, idx, with_values=True)
-    new_logp = _logprobs(batch, response_logits, idx)
+    outputs = response_outputs(policy, batch, idx, with_values=True, with_entropy=True)
+    new_logp, new_values = outputs.logprobs, outputs.values
     pg_loss, pg_stats = policy_loss(new_logp, old_logp[idx], advantages[idx], mask, hyper.clip)
     vf_loss, vf_stats = value_loss(
         new_values, old_values[idx], returns[idx], mask, hyper.clip_value
@@ -195,10 +186,7 @@ def _update(
     state.optimiser.zero_grad(set_to_none=True)
     loss.backward()
     _averaged_step(state, hyper)
-    with torch.no_grad():
-        entropy = masked_mean(
-            entropy_from_logits(response_logits.detach(), temperature=batch.temperature), mask
-        )
+    entropy = masked_mean(outputs.entropy, mask)
     return ptx_stats | {
         "policy_loss": pg_loss.item(),
         "value_loss": vf_loss.item(),
