@@ -159,9 +159,9 @@ def response_outputs(
         logits, values = forward(
             policy, batch.input_ids[rows], batch.attention_mask[rows], with_values
         )
-        logits = batch.response_slice(logits)
+        values = batch.response_slice(values) if values is not None else None
         return _outputs(
-            logits, tokens, batch.temperature, with_entropy, batch.response_slice(values)
+            batch.response_slice(logits), tokens, batch.temperature, with_entropy, values
         )
     no_dropout(policy)
     packed = pack_responses(batch, rows, row_width(policy))
