@@ -126,16 +126,18 @@ def ppo_step_flops(
     + backward), N = the model's parameters; attention's own FLOPs are left out (sequences of
     <= ~100 tokens). With LoRA the backward skips the frozen weights' gradients, so the
     hardware does ~4*N of the 6*N counted: MFU here is the usual convention, not work done.
-    - rollout: 2*N*(rows*prompt width + tokens generated), prefill + decode;
-    - score: 2*N_reward*rows*width, one reward-model forward;
-    - update: (old_forward_passes*2 + epochs*6)*N*rows*width: the reference's forward (and the
+    Tokens are the real ones each pass needs: every distinct prompt once (the sampler's
+    prefill, the scoring and the update passes read a prompt once for all its samples) plus the
+    responses; padding is not counted.
+    - rollout: 2*N*tokens, prefill + decode;
+    - score: 2*N_reward*tokens, one reward-model forward;
+    - update: (old_forward_passes*2 + epochs*6)*N*tokens: the reference's forward (and the
       policy's where the sampler kept no log-probs), then ``epochs`` training passes.
     """
-    rows = step["sequences"]
-    width = step["prompt_positions"] + step["rollout_positions"]
-    rollout = 2 * params * (rows * step["prompt_positions"] + step["rollout_tokens"])
-    score = 2 * reward_params * rows * width
-    update = (2 * step["old_forward_passes"] + 6 * epochs) * params * rows * width
+    tokens = step["distinct_prompt_tokens"] + step["rollout_tokens"]
+    rollout = 2 * params * tokens
+    score = 2 * reward_params * tokens
+    update = (2 * step["old_forward_passes"] + 6 * epochs) * params * tokens
     return {"rollout": rollout, "score": score, "update": update}
 
 
@@ -159,8 +161,8 @@ def ppo_mfu(
         "update_mfu": _median_or_none(
             [mfu(f["update"], s["update_s"], peak) for f, s in zip(flops, timed, strict=True)]
         ),
-        "formula": "rollout 2N(rows*P+gen) + score 2N_r*rows*(P+T) + update "
-        "(2*fwd_passes + 6*epochs)*N*rows*(P+T)",
+        "formula": "tokens = distinct prompts' + responses'; rollout 2N*tokens + score "
+        "2N_r*tokens + update (2*fwd_passes + 6*epochs)*N*tokens",
     }
 
 

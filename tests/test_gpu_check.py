@@ -12,6 +12,7 @@ def step(step_s: float, update_s: float, passes: int = 2) -> dict:
     return {
         "sequences": 4,
         "prompt_positions": 10,
+        "distinct_prompt_tokens": 14,  # 2 prompts of 7 real tokens, 2 samples each
         "rollout_positions": 6,
         "rollout_tokens": 20,
         "old_forward_passes": passes,
@@ -27,26 +28,25 @@ def test_peak_from_the_device_name_or_the_override() -> None:
     assert peak_tflops("x86_64") is None
 
 
-def test_step_flops_count_each_pass() -> None:
+def test_step_flops_count_each_pass_on_real_tokens() -> None:
     flops = ppo_step_flops(params=100, reward_params=50, step=step(1.0, 0.5), epochs=2)
-    # rollout: 2N(rows*P + generated) = 2*100*(4*10 + 20)
-    assert flops["rollout"] == 2 * 100 * 60
-    # score: one reward forward over rows*(P+T) = 4*16 tokens
-    assert flops["score"] == 2 * 50 * 64
+    # each distinct prompt once, then the responses: 14 + 20 tokens, no padding
+    assert flops["rollout"] == 2 * 100 * 34
+    assert flops["score"] == 2 * 50 * 34
     # update: reference + policy forward (2 each) + 2 training epochs (6 each)
-    assert flops["update"] == (2 * 2 + 6 * 2) * 100 * 64
+    assert flops["update"] == (2 * 2 + 6 * 2) * 100 * 34
     # a float32 base keeps the sampler's log-probs: one forward pass fewer
     fewer = ppo_step_flops(100, 50, step(1.0, 0.5, passes=1), 2)["update"]
-    assert flops["update"] - fewer == 2 * 100 * 64
+    assert flops["update"] - fewer == 2 * 100 * 34
 
 
 def test_mfu_skips_the_warm_up_and_needs_a_peak() -> None:
     steps = [step(100.0, 100.0), step(1.0, 0.5), step(1.0, 0.5)]
     result = ppo_mfu(steps, params=100, reward_params=50, epochs=2, peak=1e-9)  # 1000 FLOP/s
-    total = 2 * 100 * 60 + 2 * 50 * 64 + 16 * 100 * 64
+    total = 2 * 100 * 34 + 2 * 50 * 34 + 16 * 100 * 34
     assert result["step_flops"] == total
     assert result["step_mfu"] == pytest.approx(total / 1.0 / 1000)
-    assert result["update_mfu"] == pytest.approx(16 * 100 * 64 / 0.5 / 1000)
+    assert result["update_mfu"] == pytest.approx(16 * 100 * 34 / 0.5 / 1000)
     assert ppo_mfu(steps, 100, 50, 2, None)["step_mfu"] is None
 
 
