@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from chat_models import FAMILIES, build_chat_model
+from ppo_helpers import reference_logits
 from transformers import AutoModelForCausalLM
 
 from rlhf_loop.ppo.policy import (
@@ -17,7 +18,6 @@ from rlhf_loop.ppo.policy import (
     load_policy,
     merged_model,
     new_policy,
-    reference_logits,
     save_policy,
 )
 

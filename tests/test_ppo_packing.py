@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 from chat_models import build_chat_model
+from ppo_helpers import reference_logits
 from torch.utils.hooks import RemovableHandle
 
 from rlhf_loop.ppo import packing
@@ -36,7 +37,7 @@ from rlhf_loop.ppo.packing import (
     reference_logprobs,
     response_outputs,
 )
-from rlhf_loop.ppo.policy import Policy, forward, new_policy, reference_logits, reference_weights
+from rlhf_loop.ppo.policy import Policy, forward, new_policy, reference_weights
 from rlhf_loop.ppo.rollout import Rollout, rollout
 from rlhf_loop.ppo.rollout_sampling import SampleConfig
 from rlhf_loop.ppo.step import Optimisation, PPOHyper, ppo_step

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from ppo_helpers import reference_logits
 from store_helpers import fresh_db
 from transformers import AutoModelForCausalLM
 
@@ -24,7 +25,6 @@ from rlhf_loop.ppo.policy import (
     forward,
     load_policy,
     new_policy,
-    reference_logits,
     save_policy,
 )
 from rlhf_loop.ppo.rollout import rollout

@@ -295,12 +295,3 @@ def reference_weights(policy: Policy) -> Iterator[None]:
         policy.model.set_adapter("default")
         for p in policy.adapter_parameters(REFERENCE):  # set_adapter made them trainable
             p.requires_grad_(False)
-
-
-@torch.no_grad()
-def reference_logits(
-    policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor
-) -> torch.Tensor:
-    """Logits of the reference at every position of query+response."""
-    with reference_weights(policy):
-        return forward(policy, input_ids, attention_mask, with_values=False)[0]

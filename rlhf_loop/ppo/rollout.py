@@ -16,6 +16,13 @@ from rlhf_loop.ppo.rollout_sampling import SampleConfig
 from rlhf_loop.sampler import draw_responses
 
 
+def prompt_index(prompts: list[str]) -> torch.Tensor:
+    """[B] one number per distinct prompt, in order of first appearance: what packing groups
+    by (a prompt's samples read it once)."""
+    first: dict[str, int] = {}
+    return torch.tensor([first.setdefault(p, len(first)) for p in prompts])
+
+
 @dataclass
 class Rollout:
     prompts: list[str]  # one per row (a prompt repeats once per sample)
@@ -55,8 +62,7 @@ class Rollout:
 
     def prompt_index(self) -> torch.Tensor:
         """[B] the same number for the rows that answer the same prompt."""
-        first: dict[str, int] = {}
-        return torch.tensor([first.setdefault(p, len(first)) for p in self.prompts])
+        return prompt_index(self.prompts)
 
     def response_slice(self, per_position: torch.Tensor) -> torch.Tensor:
         """The positions whose outputs predict (or value) the response tokens."""

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlhf_loop.ppo.rollout import prompt_index
 from rlhf_loop.reward.data import reward_inputs
 from rlhf_loop.reward.likelihood import LikelihoodReward
 from rlhf_loop.reward.model import flat_rewards, rewards_as_trained
@@ -43,8 +44,7 @@ def score(
         chunk = prompts[start : start + batch_size]
         inputs = reward_inputs(tokenizer, chunk, responses[start : start + batch_size], max_length)
         if packed:  # the samples of one prompt read it once (``reward.shared_prefix``)
-            first: dict[str, int] = {}
-            owner = torch.tensor([first.setdefault(p, len(first)) for p in chunk])
+            owner = prompt_index(chunk)
             inputs = pack_rankings(inputs, owner, tokenizer.pad_token_id, end_id)
         scores.append(flat_rewards(model, inputs).cpu())
     return rewards_as_trained(torch.cat(scores), meta)
